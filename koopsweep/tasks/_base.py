@@ -1,0 +1,50 @@
+"""The `Task` contract: a network, its data and its losses, so that every optimizer sees the same run.
+
+A task is fully determined by its parameters and a seed: the same seed gives the same initial weights
+and the same batch order on every call, which is what makes a baseline and an accelerated run
+comparable side by side. Registered as entry points in the group ``koopsweep.tasks``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+
+from koopsweep._params import Configurable
+
+
+class Task(Configurable, abc.ABC):
+    """Abstract base of training tasks.
+
+    Class attributes:
+        default_budget: gradient steps that a baseline runs for.
+        baseline_lrs: tuned learning rate per baseline optimizer, e.g. ``{"adam": 1e-3, "adadelta": 1.0}``.
+        eval_every: gradient steps between evaluation checkpoints (0: about 50 checkpoints per budget).
+    """
+
+    default_budget: ClassVar[int]
+    baseline_lrs: ClassVar[dict[str, float]]
+    eval_every: ClassVar[int] = 0
+
+    @abc.abstractmethod
+    def build_model(self, seed: int) -> torch.nn.Module:
+        """A freshly initialised model; the same seed gives the same weights."""
+
+    @abc.abstractmethod
+    def batches(self, seed: int, device: torch.device) -> Iterator[Any]:
+        """An endless stream of training batches on ``device``, in an order fixed by ``seed``."""
+
+    @abc.abstractmethod
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """The scalar training loss of ``model`` on ``batch``."""
+
+    @abc.abstractmethod
+    def eval_loss(self, model: torch.nn.Module, device: torch.device) -> float:
+        """The loss on a fixed evaluation set (the same for every seed), without gradients."""
+
+    def checkpoint_interval(self, budget: int) -> int:
+        """Gradient steps between evaluation checkpoints for a run of ``budget`` steps."""
+        return self.eval_every or max(1, budget // 50)
