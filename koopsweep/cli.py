@@ -73,3 +73,210 @@ def plugins_list(as_json: bool, strict: bool, groups: tuple[str, ...]) -> None:
         Console().print(table)
     if strict and any(row.status != "ok" for row in rows):
         sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------------- study
+STORAGE_OPTION = click.option(
+    "--storage",
+    metavar="URL",
+    help="Optuna storage: sqlite:///FILE.db, postgresql://USER@HOST/DB or FILE.log (journal). "
+    "Default: $KOOPSWEEP_STORAGE, else the spec's, else sqlite:///koopsweep.db.",
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
+
+
+@main.group()
+def study() -> None:
+    """Create, run and inspect sweeps (Optuna studies made from spec files in studies/)."""
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _looks_like_spec(value: str) -> bool:
+    from pathlib import Path
+
+    return value.endswith(".toml") or Path(value).is_file()
+
+
+@study.command("create")
+@click.argument("spec_file", metavar="SPEC")
+@STORAGE_OPTION
+def study_create(spec_file: str, storage: str | None) -> None:
+    """Create the study described by SPEC (a TOML file) and its MLflow parent run.
+
+    Create it once, then start workers with 'koopsweep study run NAME'. The study's name is printed
+    as the last line.
+    """
+    from koopsweep import spec as specs
+    from koopsweep import sweep
+
+    _quiet_optuna()
+    spec = specs.load_spec(spec_file)
+    url = sweep.resolve_storage(storage, spec)
+    sweep.create_study(spec, url)
+    click.echo(f"created study {spec.name!r} in {sweep.mask_uri(url)}", err=True)
+    click.echo(spec.name)
+
+
+@study.command("run")
+@click.argument("target", metavar="SPEC_OR_NAME")
+@click.option("--n-trials", type=click.IntRange(min=1), help="Trials to run now (default: what the spec's n_trials still lacks).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting new trials after this many seconds.")
+@click.option("--device", "device", help="auto, cpu, cuda or cuda:N (default: the spec's).")
+@STORAGE_OPTION
+def study_run(target: str, n_trials: int | None, timeout: float | None, device: str | None, storage: str | None) -> None:
+    """Run trials of a study, creating it first when SPEC_OR_NAME is a spec file and it does not exist yet."""
+    from koopsweep import spec as specs
+    from koopsweep import sweep
+
+    _quiet_optuna()
+    if _looks_like_spec(target):
+        spec = specs.load_spec(target)
+        url = sweep.resolve_storage(storage, spec)
+        try:
+            study_obj, stored = sweep.load_study(spec.name, url)
+        except KoopsweepError:
+            sweep.create_study(spec, url)
+            study_obj, stored = sweep.load_study(spec.name, url)
+            click.echo(f"created study {spec.name!r} in {sweep.mask_uri(url)}", err=True)
+        else:
+            if stored.dumps() != spec.dumps():
+                raise KoopsweepError(
+                    f"study {spec.name!r} already exists with a different spec than {target}; "
+                    f"give the spec a new name, or 'koopsweep study delete {spec.name}' first"
+                )
+        spec = stored
+    else:
+        url = sweep.resolve_storage(storage)
+        study_obj, spec = sweep.load_study(target, url)
+    remaining = n_trials if n_trials is not None else spec.n_trials - sweep.finished_trials(study_obj)
+    if remaining <= 0:
+        click.echo(f"study {spec.name!r} already has its {spec.n_trials} trials; use --n-trials N to run more", err=True)
+    else:
+        _run_with_progress(study_obj, spec, remaining, timeout, device)
+    _print_summary(study_obj, spec, as_json=False)
+
+
+def _run_with_progress(study_obj, spec, n_trials: int, timeout: float | None, device: str | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from koopsweep import sweep
+    from koopsweep.measure import format_speedup
+
+    best: list[float] = []
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[best]}"),
+    ) as progress:
+        bar = progress.add_task(f"study {spec.name}", total=n_trials, best="")
+
+        def on_trial(study, trial) -> None:
+            if trial.values:
+                best.append(trial.values[0])
+            label = f"best speedup vs {spec.primary_baseline}: {format_speedup(max(best))}" if best else ""
+            progress.update(bar, advance=1, best=label)
+
+        sweep.run_worker(study_obj, spec, n_trials=n_trials, timeout=timeout, device_name=device, callbacks=[on_trial])
+
+
+def _print_summary(study_obj, spec, *, as_json: bool) -> None:
+    from koopsweep import reporting
+
+    summary = reporting.study_summary(study_obj, spec)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary["trials_by_state"].items())) or "no trials"
+    table = Table(title=f"study {spec.name} ({spec.task}, inner {spec.optimizer}): {states}")
+    for column in ("trial", "variant", *[f"speedup vs {b}" for b in spec.baselines], "accepted", "fit/step", "params"):
+        table.add_column(column, overflow="fold")
+    for row in summary["best_trials"]:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in row["params"].items() if k != "variant")
+        accepted = row.get("acceptance_rate")
+        fit = row.get("fit_over_step")
+        table.add_row(
+            str(row["number"]),
+            str(row["variant"]),
+            *[reporting.speedup_cell(row, b) for b in spec.baselines],
+            f"{accepted:.0%}" if accepted is not None else "-",
+            f"{fit:.2f}" if fit is not None else "-",
+            params,
+        )
+    Console().print(table)
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+@study.command("show")
+@click.argument("name")
+@STORAGE_OPTION
+@JSON_OPTION
+def study_show(name: str, storage: str | None, as_json: bool) -> None:
+    """The best trials of study NAME with their speedup over each baseline."""
+    from koopsweep import sweep
+
+    _quiet_optuna()
+    study_obj, spec = sweep.load_study(name, sweep.resolve_storage(storage))
+    _print_summary(study_obj, spec, as_json=as_json)
+
+
+@study.command("list")
+@STORAGE_OPTION
+@JSON_OPTION
+def study_list(storage: str | None, as_json: bool) -> None:
+    """Every study in the storage with its task and trial count."""
+    import optuna
+
+    from koopsweep import sweep
+
+    _quiet_optuna()
+    url = sweep.resolve_storage(storage)
+    summaries = optuna.get_all_study_summaries(sweep.open_storage(url), include_best_trial=False)
+    rows = [
+        {
+            "name": s.study_name,
+            "n_trials": s.n_trials,
+            "task": json.loads(s.user_attrs.get(sweep.SPEC_ATTR, "{}")).get("task"),
+            "created": str(s.datetime_start) if s.datetime_start else None,
+        }
+        for s in summaries
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"studies in {sweep.mask_uri(url)}")
+    for column in ("name", "task", "trials", "started"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], str(row["task"]), str(row["n_trials"]), str(row["created"] or "-"))
+    Console().print(table)
+
+
+@study.command("delete")
+@click.argument("name")
+@STORAGE_OPTION
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def study_delete(name: str, storage: str | None, yes: bool) -> None:
+    """Delete study NAME and all its trials from the storage (MLflow runs are kept)."""
+    from koopsweep import sweep
+
+    url = sweep.resolve_storage(storage)
+    if not yes:
+        click.confirm(f"Delete study {name!r} and all its trials from {sweep.mask_uri(url)}?", abort=True)
+    sweep.delete_study(name, url)
+    click.echo(f"deleted study {name!r}")

@@ -1,0 +1,71 @@
+"""Device choice and honest wall-clock timing on CPU and CUDA."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from koopsweep.errors import UsageError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks the first CUDA device when there is one, else the CPU; ``cuda:N`` is checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {name!r} asked for, but this machine has no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a clock read after it includes that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_label(device: torch.device) -> str:
+    """``cpu`` or the GPU's product name, for logs and result tables."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+class Stopwatch:
+    """Accumulates wall-clock time while running; pausing excludes work such as evaluation checkpoints.
+
+    Every transition synchronizes the device, so asynchronous CUDA kernels are charged to the side
+    of the pause that launched them.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._elapsed = 0.0
+        self._started: float | None = None
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self._started = time.perf_counter()
+
+    def pause(self) -> float:
+        synchronize(self.device)
+        if self._started is not None:
+            self._elapsed += time.perf_counter() - self._started
+            self._started = None
+        return self._elapsed
+
+    @property
+    def elapsed(self) -> float:
+        if self._started is None:
+            return self._elapsed
+        synchronize(self.device)
+        return self._elapsed + time.perf_counter() - self._started

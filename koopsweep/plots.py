@@ -1,0 +1,58 @@
+"""Figures: loss against wall-clock beside the baselines, and fitted eigenvalues on the unit circle."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never open a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_vs_time(runs: Sequence, title: str = "", target: float | None = None):
+    """Evaluation loss against training wall-clock for each run (`training.RunResult`), log scale."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for run in runs:
+        xs = [p.time_s for p in run.curve]
+        ys = [max(p.loss, 1e-30) for p in run.curve]
+        style = "-" if run.koopman else "--"
+        ax.plot(xs, ys, style, marker=".", markersize=3, label=run.label)
+    if target is not None and target > 0:
+        ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label="target")
+    positive = all(p.loss > 0 for run in runs for p in run.curve)
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("training wall-clock (s, evaluation excluded)")
+    ax.set_ylabel("evaluation loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def eigenvalues_on_circle(eigenvalues: Sequence[complex], title: str = ""):
+    """The last fit's eigenvalues in the complex plane with the unit circle (|λ| > 1 grows)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.6), dpi=110)
+    angles = [2 * math.pi * k / 256 for k in range(257)]
+    ax.plot([math.cos(a) for a in angles], [math.sin(a) for a in angles], color="grey", linewidth=0.8)
+    ax.scatter([z.real for z in eigenvalues], [z.imag for z in eigenvalues], s=10, alpha=0.7)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Re λ")
+    ax.set_ylabel("Im λ")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def close(fig) -> None:
+    _pyplot().close(fig)

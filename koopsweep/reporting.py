@@ -1,0 +1,160 @@
+"""From measurements to what people read: trial summaries, MLflow runs of a trial, study tables."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from koopsweep.measure import format_speedup, iqr, median
+
+#: At most this many eigenvalues go into a plot (node operators can have thousands).
+MAX_PLOTTED_EIGENVALUES = 4000
+
+
+def trial_summary(measurement, spec) -> dict[str, Any]:
+    """The trial's figures per baseline, stored as Optuna user attributes (JSON-safe)."""
+    summary: dict[str, Any] = {}
+    for name in spec.baselines:
+        rows = measurement.for_baseline(name)
+        reached = [c for c in rows if c.reached]
+        summary[f"speedup_vs_{name}"] = median([c.speedup_bound for c in rows])
+        summary[f"reached_vs_{name}"] = f"{len(reached)}/{len(rows)}"
+    primary = measurement.for_baseline(spec.primary_baseline)
+    summary["step_speedup"] = median([c.step_speedup for c in primary])
+    summary["acceptance_rate"] = median([c.acceptance_rate for c in primary])
+    summary["fit_over_step"] = median([c.fit_over_step for c in primary])
+    summary["window_local_speedup"] = median([c.window_local_speedup for c in primary])
+    summary["loss_gap"] = median([c.loss_gap for c in primary])
+    summary["comparisons"] = [c.to_dict() for c in measurement.comparisons]
+    return summary
+
+
+def _curve_points(run, start_ms: int):
+    """Loss by gradient step, timestamped at the training wall-clock (so MLflow's relative-time axis is
+    the training time), and the same loss with the step axis in milliseconds of training."""
+    by_step = [(p.step, p.loss, start_ms + int(p.time_s * 1000)) for p in run.curve]
+    by_time = [(int(p.time_s * 1000), p.loss, start_ms + int(p.time_s * 1000)) for p in run.curve]
+    return by_step, by_time
+
+
+def log_run_curves(tracker, run_id: str, run) -> None:
+    start_ms = int(time.time() * 1000)
+    by_step, by_time = _curve_points(run, start_ms)
+    tracker.log_curve(run_id, "loss", by_step)
+    tracker.log_curve(run_id, "loss_by_time_ms", by_time)
+
+
+def log_trial(objective, trial, run_id: str, measurement) -> None:
+    """Params, metrics, curves and figures of one trial, plus a child run per baseline run."""
+    from koopsweep import plots
+    from koopsweep.sweep import environment_params
+
+    tracker, spec = objective.tracker, objective.spec
+    guarded = tracker.guarded
+    params = {
+        "task": spec.task,
+        "optimizer": spec.optimizer,
+        "lr": spec.lr or objective.lr(spec.optimizer),
+        "budget": objective.budget,
+        "seeds": ",".join(map(str, spec.seeds)),
+        "variant": measurement.config.variant,
+        **measurement.config.flat_params(),
+        **{f"task.{k}": v for k, v in spec.task_params.items()},
+        **environment_params(objective.device),
+    }
+    guarded("log trial params", tracker.log_params, run_id, params)
+    summary = trial_summary(measurement, spec)
+    primary = measurement.for_baseline(spec.primary_baseline)
+    metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
+    metrics["time_to_target_s"] = median([c.koopman_time_s for c in primary])
+    metrics["final_loss"] = median([r.final_loss for r in measurement.koopman_runs])
+    metrics["reached"] = float(all(c.reached for c in primary))
+    guarded("log trial metrics", tracker.log_metrics, run_id, metrics)
+    first = measurement.koopman_runs[0]
+    guarded("log trial curves", log_run_curves, tracker, run_id, first)
+    for baseline in measurement.baseline_runs:
+        child = guarded(
+            "start a baseline run",
+            tracker.start_child,
+            objective.parent_run_id,
+            f"trial-{trial.number}-{baseline.optimizer}-seed{baseline.seed}",
+            "baseline",
+            {"koopsweep.trial": str(trial.number), "koopsweep.optimizer": baseline.optimizer},
+        )
+        if not child:
+            continue
+        guarded("log baseline params", tracker.log_params, child,
+                {"task": spec.task, "optimizer": baseline.optimizer, "lr": baseline.lr, "seed": baseline.seed,
+                 "budget": objective.budget, **environment_params(objective.device)})  # fmt: skip
+        guarded("log baseline metrics", tracker.log_metrics, child,
+                {"final_loss": baseline.final_loss, "train_time_s": baseline.time_s,
+                 "seconds_per_step": baseline.seconds_per_step})  # fmt: skip
+        guarded("log baseline curves", log_run_curves, tracker, child, baseline)
+        guarded("end a baseline run", tracker.finish, child, "FINISHED")
+    same_seed = [r for r in measurement.baseline_runs if r.seed == first.seed]
+    target = next((c.target_loss for c in primary if c.seed == first.seed), None)
+    fig = plots.loss_vs_time([first, *same_seed], f"trial {trial.number}: {measurement.config.variant}", target)
+    guarded("log the loss figure", tracker.log_figure, run_id, fig, "loss_vs_time.png")
+    plots.close(fig)
+    if first.eigenvalues:
+        fig = plots.eigenvalues_on_circle(first.eigenvalues[:MAX_PLOTTED_EIGENVALUES], "last fit's eigenvalues")
+        guarded("log the eigenvalue figure", tracker.log_figure, run_id, fig, "eigenvalues.png")
+        plots.close(fig)
+
+
+# ----------------------------------------------------------------------------------- study view
+def study_summary(study, spec, top: int = 5) -> dict[str, Any]:
+    """Best trials, best configuration per variant and trial counts by state (JSON-safe)."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+    def row(t) -> dict[str, Any]:
+        values = t.values or []
+        out = {
+            "number": t.number,
+            "variant": t.params.get("variant"),
+            "params": t.params,
+            "objective": values[0] if values else None,
+            "duration_s": t.duration.total_seconds() if t.duration else None,
+        }
+        if len(values) > 1:
+            out["loss_gap"] = values[1]
+        for name in spec.baselines:
+            out[f"speedup_vs_{name}"] = t.user_attrs.get(f"speedup_vs_{name}")
+            out[f"reached_vs_{name}"] = t.user_attrs.get(f"reached_vs_{name}")
+        for key in ("step_speedup", "acceptance_rate", "fit_over_step", "window_local_speedup"):
+            out[key] = t.user_attrs.get(key)
+        return out
+
+    if len(spec.directions) == 1:
+        best = sorted(complete, key=lambda t: t.value if t.value is not None else float("-inf"), reverse=True)[:top]
+    else:
+        best = study.best_trials
+    per_variant: dict[str, Any] = {}
+    for t in sorted(complete, key=lambda t: (t.values or [float("-inf")])[0], reverse=True):
+        per_variant.setdefault(t.params.get("variant"), row(t))
+    return {
+        "study": study.study_name,
+        "task": spec.task,
+        "optimizer": spec.optimizer,
+        "baselines": spec.baselines,
+        "objective": spec.objective,
+        "directions": spec.directions,
+        "trials_by_state": states,
+        "best_trials": [row(t) for t in best],
+        "best_per_variant": per_variant,
+    }
+
+
+def speedup_cell(row: dict[str, Any], baseline: str) -> str:
+    value = row.get(f"speedup_vs_{baseline}")
+    reached = row.get(f"reached_vs_{baseline}") or ""
+    if value is None:
+        return "-"
+    fully = reached and reached.split("/")[0] == reached.split("/")[-1]
+    return format_speedup(value, reached=bool(fully)) + (f" ({reached})" if reached and not fully else "")

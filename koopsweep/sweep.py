@@ -1,0 +1,407 @@
+"""Optuna sweeps: creating studies from specs, the trial objective, running workers, summaries.
+
+Optuna does the sampling, pruning, storage and heartbeats; this module only translates between a
+`StudySpec` and Optuna, and runs one trial as a paired measurement (baselines, then the accelerated run
+on the same seed, data order and device).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from koopsweep import plugins
+from koopsweep.errors import KoopsweepError, UsageError
+from koopsweep.spec import StudySpec, check_plugins, spec_from_json
+from koopsweep.tracking import Tracker, mask_uri, resolve_tracking_uri  # noqa: F401 (mask_uri re-exported)
+
+DEFAULT_STORAGE = "sqlite:///koopsweep.db"
+STORAGE_ENV = "KOOPSWEEP_STORAGE"
+SPEC_ATTR = "koopsweep.spec"
+SAMPLER_ATTR = "koopsweep.sampler"
+PARENT_RUN_ATTR = "koopsweep.mlflow_parent_run_id"
+TRACKING_ATTR = "koopsweep.tracking_uri"
+
+
+class TrialFailed(KoopsweepError):
+    """A trial could not produce a measurement (for example its training diverged)."""
+
+
+# ------------------------------------------------------------------------------------- storage
+def resolve_storage(option: str | None, spec: StudySpec | None = None) -> str:
+    """``--storage``, else ``KOOPSWEEP_STORAGE``, else the spec's, else ``sqlite:///koopsweep.db``."""
+    return option or os.environ.get(STORAGE_ENV) or (spec.storage if spec else None) or DEFAULT_STORAGE
+
+
+def open_storage(url: str, *, heartbeat_interval: int | None = None, max_retry: int = 1):
+    """An Optuna storage for ``url``: RDB (sqlite, postgresql, ...) or a journal file (``*.log`` or
+    ``journal:///path``). RDB storages get heartbeats, so a trial whose worker died is failed and retried."""
+    try:
+        if url.startswith("journal://") or url.endswith((".log", ".journal")):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            path = url.removeprefix("journal://")
+            return JournalStorage(JournalFileBackend(path))
+        if "://" not in url:
+            raise UsageError(
+                f"storage {url!r} is not a URL; use sqlite:///FILE.db, postgresql://USER@HOST/DB or FILE.log"
+            )
+        kwargs: dict[str, Any] = {}
+        if heartbeat_interval:
+            kwargs = dict(
+                heartbeat_interval=heartbeat_interval,
+                grace_period=max(2 * heartbeat_interval, heartbeat_interval + 5),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            )
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"cannot open storage {mask_uri(url)}: {type(exc).__name__}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------ samplers, pruners
+def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The spec's sampler with its arguments (stored with the study: Optuna 5 changed TPE's defaults)."""
+    name, seed, args = spec.sampler["name"], spec.sampler.get("seed"), dict(spec.sampler.get("args", {}))
+    factories: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "gp": getattr(optuna.samplers, "GPSampler", optuna.samplers.TPESampler),
+    }
+    try:
+        return factories[name](seed=seed, **args)
+    except TypeError as exc:
+        raise UsageError(f"{spec.name}: field 'sampler.args': {exc}") from None
+
+
+def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    name, args = spec.pruner["name"], dict(spec.pruner.get("args", {}))
+    factories: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "none": optuna.pruners.NopPruner,
+    }
+    if name == "median":
+        args.setdefault("n_startup_trials", 4)
+        args.setdefault("n_warmup_steps", 0)
+    try:
+        return factories[name](**args)
+    except TypeError as exc:
+        raise UsageError(f"{spec.name}: field 'pruner.args': {exc}") from None
+
+
+# -------------------------------------------------------------------------------- create / load
+def create_study(spec: StudySpec, storage_url: str, *, tracking_uri: str | None = None) -> optuna.Study:
+    """Create the study (schema first, so workers started afterwards never race on a fresh database),
+    store the spec inside it, and open its MLflow parent run."""
+    check_plugins(spec)
+    storage = open_storage(storage_url)
+    if spec.name in _study_names(storage):
+        raise UsageError(
+            f"a study named {spec.name!r} already exists in {mask_uri(storage_url)}; "
+            f"run it with 'koopsweep study run {spec.name}', or delete it with 'koopsweep study delete {spec.name}'"
+        )
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=build_sampler(spec),
+        pruner=build_pruner(spec),
+        directions=spec.directions,
+    )
+    study.set_user_attr(SPEC_ATTR, spec.dumps())
+    study.set_user_attr(SAMPLER_ATTR, {"optuna": optuna.__version__, **spec.sampler})
+    uri = resolve_tracking_uri(spec.tracking_uri)
+    study.set_user_attr(TRACKING_ATTR, mask_uri(uri))
+    tracker = Tracker(uri, spec.name)
+    parent = tracker.guarded(
+        "create the study's parent run",
+        tracker.start_study_run,
+        spec.name,
+        spec.dumps(),
+        {"task": spec.task, "optimizer": spec.optimizer, "baselines": ",".join(spec.baselines),
+         "objective": spec.objective, "sampler": spec.sampler["name"], "seeds": ",".join(map(str, spec.seeds))},
+    )  # fmt: skip
+    if parent:
+        study.set_user_attr(PARENT_RUN_ATTR, parent)
+    return study
+
+
+def _study_names(storage) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def load_study(name: str, storage_url: str, *, heartbeat_interval: int | None = None) -> tuple[optuna.Study, StudySpec]:
+    """Open an existing koopsweep study and the spec stored in it."""
+    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
+    names = _study_names(storage)
+    if name not in names:
+        listing = ", ".join(names) if names else "none"
+        raise UsageError(f"no study named {name!r} in {mask_uri(storage_url)}; studies there: {listing}")
+    bare = optuna.load_study(study_name=name, storage=storage)
+    raw = bare.user_attrs.get(SPEC_ATTR)
+    if raw is None:
+        raise UsageError(f"study {name!r} was not created by koopsweep (it has no stored spec)")
+    spec = spec_from_json(raw, f"study {name!r}")
+    study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec))
+    return study, spec
+
+
+def delete_study(name: str, storage_url: str) -> None:
+    storage = open_storage(storage_url)
+    if name not in _study_names(storage):
+        raise UsageError(f"no study named {name!r} in {mask_uri(storage_url)}")
+    optuna.delete_study(study_name=name, storage=storage)
+
+
+# --------------------------------------------------------------------------------- suggestions
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    """Sample one parameter through Optuna's public suggest API from a distribution object."""
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    raise UsageError(f"parameter {name!r}: unsupported distribution {dist!r}")
+
+
+def variant_names(spec: StudySpec) -> list[str]:
+    """The spec's variants, or every installed variant that loads (broken ones are left out)."""
+    if spec.variants:
+        return list(spec.variants)
+    usable = []
+    for name in plugins.available("variants"):
+        try:
+            plugins.load_variant(name)
+        except KoopsweepError:
+            continue
+        usable.append(name)
+    return usable
+
+
+def suggest_config(trial: optuna.Trial, spec: StudySpec, variants: list[str]):
+    """Define-by-run: the variant first, then its own space, then the shared knobs and the rule's space."""
+    from koopsweep.training import KoopmanConfig
+
+    variant = trial.suggest_categorical("variant", variants)
+    variant_cls = plugins.load_variant(variant)
+    variant_params = {k: suggest(trial, f"{variant}.{k}", d) for k, d in variant_cls.search_space().items()}
+    shared = {}
+    for name, field in spec.search.items():
+        dist = field.distribution()
+        shared[name] = field.fixed if dist is None else suggest(trial, name, dist)
+    rule_cls = plugins.load_fallback(shared["fallback"])
+    rule_params = {k: suggest(trial, f"{shared['fallback']}.{k}", d) for k, d in rule_cls.search_space().items()}
+    config = KoopmanConfig(variant=variant, variant_params=variant_params, fallback_params=rule_params, **shared)
+    # A variant may need more snapshots than the sampled window (e.g. Hankel delays): raise the window
+    # rather than waste the trial, and record that it happened.
+    needed = variant_cls(**variant_params).min_window()
+    if config.window < needed:
+        trial.set_user_attr("window_raised_to", needed)
+        config.window = needed
+    return config
+
+
+# ------------------------------------------------------------------------------------ objective
+@dataclass
+class TrialMeasurement:
+    """What one trial measured, over all its seeds."""
+
+    config: Any  # KoopmanConfig
+    comparisons: list[Any]  # measure.Comparison, one per seed and baseline
+    koopman_runs: list[Any]  # training.RunResult, one per seed
+    baseline_runs: list[Any]
+
+    def for_baseline(self, name: str) -> list[Any]:
+        return [c for c in self.comparisons if c.baseline == name]
+
+
+class Objective:
+    """Runs one trial: for each seed, the baselines then the accelerated run, paired on one device."""
+
+    def __init__(self, spec: StudySpec, device, tracker: Tracker | None, parent_run_id: str | None) -> None:
+        from koopsweep.devices import device_label
+
+        self.spec = spec
+        self.device = device
+        self.task = plugins.load_task(spec.task)(**spec.task_params)
+        self.budget = spec.budget or type(self.task).default_budget
+        self.variants = variant_names(spec)
+        if not self.variants:
+            raise UsageError(f"{spec.name}: no usable variant is installed (see 'koopsweep plugins list')")
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+        self.device_name = device_label(device)
+
+    def lr(self, optimizer: str) -> float:
+        lrs = type(self.task).baseline_lrs
+        if optimizer not in lrs:
+            raise UsageError(f"task {self.spec.task!r} has no tuned learning rate for {optimizer!r}; it has {', '.join(lrs)}")
+        return float(lrs[optimizer])
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        from koopsweep import reporting
+
+        config = suggest_config(trial, self.spec, self.variants)
+        trial.set_user_attr("config", config.flat_params())
+        trial_run = None
+        if self.tracker and self.parent_run_id:
+            trial_run = self.tracker.guarded(
+                "start the trial's run",
+                self.tracker.start_child,
+                self.parent_run_id,
+                f"trial-{trial.number}-{config.variant}",
+                "trial",
+                {"koopsweep.trial": str(trial.number), "koopsweep.variant": config.variant},
+            )
+            if trial_run:
+                trial.set_user_attr("mlflow_run_id", trial_run)
+        status = "FAILED"
+        try:
+            measurement = self.measure(trial, config)
+            values = self.objective_values(measurement)
+            for key, value in reporting.trial_summary(measurement, self.spec).items():
+                trial.set_user_attr(key, value)
+            status = "FINISHED"
+            if trial_run:
+                reporting.log_trial(self, trial, trial_run, measurement)
+            return values
+        except optuna.TrialPruned:
+            status = "KILLED"
+            raise
+        finally:
+            if trial_run:
+                self.tracker.guarded("end the trial's run", self.tracker.finish, trial_run, status)
+
+    def measure(self, trial: optuna.Trial, config) -> TrialMeasurement:
+        from koopsweep.measure import compare, first_reaching, target_loss
+        from koopsweep.training import train
+
+        spec = self.spec
+        comparisons, koopman_runs, baseline_runs = [], [], []
+        max_steps = int(math.ceil(spec.cap_factor * self.budget))
+        for index, seed in enumerate(spec.seeds):
+            baselines = {
+                name: train(self.task, optimizer=name, lr=self.lr(name), seed=seed, device=self.device, max_steps=self.budget)
+                for name in spec.baselines
+            }
+            for name, run in baselines.items():
+                if run.stopped == "diverged":
+                    raise TrialFailed(f"baseline {name} diverged on seed {seed}; check the task's tuned learning rate")
+            primary = baselines[spec.primary_baseline]
+            targets = {name: target_loss(run, spec.target) for name, run in baselines.items()}
+            offset = index * (max_steps + 1)
+
+            def report(point, primary=primary, offset=offset) -> bool:
+                # Intermediate value: how much sooner than the primary baseline this loss was reached.
+                hit = first_reaching(primary.curve, point.loss)
+                base_time = hit.time_s if hit else primary.time_s
+                if point.time_s <= 0 or len(spec.directions) > 1:
+                    return False
+                trial.report(base_time / point.time_s, offset + point.step)
+                return trial.should_prune()
+
+            koopman = train(
+                self.task,
+                optimizer=spec.optimizer,
+                lr=spec.lr or self.lr(spec.optimizer),
+                seed=seed,
+                device=self.device,
+                max_steps=max_steps,
+                koopman=config,
+                eval_every=self.task.checkpoint_interval(self.budget),
+                stop_below=min(targets.values()),
+                max_time_s=spec.cap_factor * max(run.time_s for run in baselines.values()),
+                on_checkpoint=report,
+            )
+            baseline_runs += list(baselines.values())
+            koopman_runs.append(koopman)
+            if koopman.stopped == "pruned":
+                raise optuna.TrialPruned()
+            if koopman.stopped == "diverged":
+                raise TrialFailed(
+                    f"the accelerated run diverged on seed {seed} (loss {koopman.final_loss}); "
+                    f"rejections: {(koopman.stats or {}).get('rejections')}"
+                )
+            comparisons += [compare(run, koopman, target=spec.target) for run in baselines.values()]
+        return TrialMeasurement(config, comparisons, koopman_runs, baseline_runs)
+
+    def objective_values(self, measurement: TrialMeasurement) -> float | tuple[float, float]:
+        from koopsweep.measure import median
+
+        primary = measurement.for_baseline(self.spec.primary_baseline)
+        speedup = median([c.speedup_bound for c in primary]) or 0.0
+        if self.spec.objective == "speedup":
+            return speedup
+        gap = median([c.loss_gap for c in primary])
+        return speedup, gap if gap is not None else math.inf
+
+
+# ---------------------------------------------------------------------------------------- runs
+def environment_params(device) -> dict[str, str]:
+    import torch
+
+    from koopsweep.devices import device_label
+
+    return {
+        "device": str(device),
+        "device_name": device_label(device),
+        "torch_version": torch.__version__,
+        "optuna_version": optuna.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
+
+
+def finished_trials(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def run_worker(
+    study: optuna.Study,
+    spec: StudySpec,
+    *,
+    n_trials: int | None,
+    timeout: float | None = None,
+    device_name: str | None = None,
+    callbacks: list[Callable] | None = None,
+    tracking_uri: str | None = None,
+) -> None:
+    """Run trials of ``study`` in this process until ``n_trials`` more have finished or time runs out."""
+    from koopsweep.devices import resolve_device
+
+    device = resolve_device(device_name or spec.device)
+    uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri)
+    tracker = None
+    parent = study.user_attrs.get(PARENT_RUN_ATTR)
+    try:
+        tracker = Tracker(uri, spec.name)
+        if parent is None:
+            parent = tracker.start_study_run(spec.name, spec.dumps(), {"task": spec.task})
+            study.set_user_attr(PARENT_RUN_ATTR, parent)
+    except Exception as exc:
+        raise KoopsweepError(
+            f"MLflow tracking at {mask_uri(uri)} is unreachable ({type(exc).__name__}: {exc}); "
+            "start the tracking server or set MLFLOW_TRACKING_URI, then run again"
+        ) from None
+    objective = Objective(spec, device, tracker, parent)
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=timeout,
+        catch=(TrialFailed,),
+        callbacks=callbacks or [],
+        gc_after_trial=False,
+        show_progress_bar=False,
+    )

@@ -1,0 +1,134 @@
+"""MLflow tracking: one experiment per study, a parent run per study, a child run per trial and baseline.
+
+Everything goes through `MlflowClient` with explicit run ids (no fluent ``mlflow.start_run`` state), so
+runs nest correctly when trials come from other processes or hosts and a stray ``MLFLOW_RUN_ID`` in the
+environment cannot capture them. Curves are sent with `log_batch`, at most 1,000 points per call.
+
+Tracking must never cost a result: `Tracker` methods used during a sweep catch MLflow errors, warn once
+and carry on (the Optuna storage still holds every trial).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+MAX_PARAMS = 100  # ... and on params per call
+
+ROLE_TAG = "koopsweep.role"
+STUDY_TAG = "koopsweep.study"
+
+
+def resolve_tracking_uri(spec_uri: str | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the spec's, else ``sqlite:///mlflow.db`` here."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or DEFAULT_TRACKING_URI
+
+
+def mask_uri(uri: str) -> str:
+    """Hide a password in a URL (``postgresql://user:secret@host`` -> ``postgresql://user:***@host``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Tracker:
+    """The study's MLflow experiment."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(experiment_name)
+        else:
+            self.experiment_id = experiment.experiment_id
+        self._warned = False
+
+    # ------------------------------------------------------------------ runs
+    def start_study_run(self, study_name: str, spec_json: str, params: Mapping[str, Any]) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=study_name,
+            tags={ROLE_TAG: "study", STUDY_TAG: study_name},
+        )
+        run_id = run.info.run_id
+        self.log_params(run_id, params)
+        self.client.log_text(run_id, spec_json, "spec.json")
+        return run_id
+
+    def start_child(self, parent_run_id: str, run_name: str, role: str, tags: Mapping[str, str]) -> str:
+        all_tags = {ROLE_TAG: role, "mlflow.parentRunId": parent_run_id, **tags}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        return run.info.run_id
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    # --------------------------------------------------------------- logging
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for chunk in _chunks(items, MAX_PARAMS):
+            self.client.log_batch(run_id, params=chunk)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float | None], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        for chunk in _chunks(items, MAX_BATCH):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def log_curve(self, run_id: str, key: str, points: Iterable[tuple[int, float, int]]) -> None:
+        """Points are (step, value, timestamp in ms); sent in batches of at most 1,000."""
+        from mlflow.entities import Metric
+
+        items = [Metric(key, float(value), int(ts), int(step)) for step, value, ts in points]
+        for chunk in _chunks(items, MAX_BATCH):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def log_figure(self, run_id: str, figure: Any, name: str) -> None:
+        self.client.log_figure(run_id, figure, name)
+
+    # ---------------------------------------------------------------- safety
+    def guarded(self, action: str, fn, *args, **kwargs) -> Any:
+        """Run a tracking call; on failure warn once for the whole process and return None."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MLflow raises many types (HTTP, SQL, REST); none may stop a sweep
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"MLflow tracking at {mask_uri(self.uri)} failed while trying to {action} "
+                    f"({type(exc).__name__}: {exc}); the sweep goes on and Optuna keeps every result, "
+                    "but runs from now on may be missing from MLflow",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return None
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _chunks(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

@@ -1,0 +1,44 @@
+"""Shared fixtures: every test that writes studies or MLflow runs gets its own folder."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+TINY_SPEC = """
+name = "tiny"
+task = "digits-mlp"
+optimizer = "adam"
+baselines = ["adam", "adadelta"]
+budget = 60
+seeds = [0]
+n_trials = 2
+variants = ["extrapolate-linear", "dmd-global"]
+device = "cpu"
+
+[search]
+window = {low = 4, high = 8, step = 2}
+horizon = {low = 5, high = 40}
+fallback = ["verify"]
+
+[sampler]
+name = "random"
+seed = 0
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A clean current folder with no tracking or storage configured from outside."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "KOOPSWEEP_STORAGE", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_spec(workdir):
+    path = workdir / "tiny.toml"
+    path.write_text(TINY_SPEC)
+    return path

@@ -1,0 +1,116 @@
+"""Study specs: valid files parse; every kind of bad input gets a one-line error naming the field."""
+
+import pytest
+
+from koopsweep.errors import SpecError
+from koopsweep.spec import load_spec, parse_spec, spec_from_json
+
+MINIMAL = 'name = "s"\ntask = "digits-mlp"\n'
+
+
+def write(tmp_path, text, name="spec.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_minimal_spec_gets_defaults(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL))
+    assert spec.name == "s" and spec.task == "digits-mlp"
+    assert spec.baselines == ["adam", "adadelta"] and spec.primary_baseline == "adam"
+    assert spec.search["window"].distribution().low == 8
+    assert spec.search["fallback"].is_fixed and spec.search["fallback"].fixed == "verify"
+    assert spec.directions == ["maximize"]
+
+
+def test_search_forms(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL + """
+[search]
+window = 12
+horizon = {low = 10, high = 400, log = true}
+fallback = ["verify", "backtrack"]
+burn_in = {low = 0, high = 100, step = 10}
+"""))
+    assert spec.search["window"].distribution() is None and spec.search["window"].fixed == 12
+    horizon = spec.search["horizon"].distribution()
+    assert (horizon.low, horizon.high, horizon.log) == (10, 400, True)
+    assert spec.search["fallback"].distribution().choices == ("verify", "backtrack")
+    assert spec.search["burn_in"].distribution().step == 10
+
+
+def test_round_trip_through_the_study_json(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL + 'objective = "speedup-and-gap"\n[pruner]\nname = "none"\n[search]\nhorizon = [10, 20]\n'))
+    again = spec_from_json(spec.dumps(), "stored")
+    assert again == spec
+    assert again.directions == ["maximize", "minimize"]
+
+
+BAD = [
+    ("", "empty"),
+    ("name = ", "not valid TOML"),
+    ("name = 's'\ntask = 'x'\n[search\n", "not valid TOML"),
+    ("task = 'digits-mlp'\n", "'name'"),
+    ("name = 's'\n", "'task'"),
+    (MINIMAL + "budgte = 3\n", "'budgte'"),
+    (MINIMAL + "budget = 'many'\n", "'budget'"),
+    (MINIMAL + "budget = 0\n", "'budget'"),
+    (MINIMAL + "budget = true\n", "'budget'"),
+    (MINIMAL + "n_trials = -1\n", "'n_trials'"),
+    (MINIMAL + "seeds = []\n", "'seeds'"),
+    (MINIMAL + "seeds = [-1]\n", "'seeds'"),
+    (MINIMAL + "seeds = ['a']\n", "'seeds'"),
+    (MINIMAL + "optimizer = 'lbfgs'\n", "'optimizer'"),
+    (MINIMAL + "baselines = []\n", "'baselines'"),
+    (MINIMAL + "baselines = ['adam', 'rmsprop']\n", "'baselines'"),
+    (MINIMAL + "baselines = ['adam', 'adam']\n", "'baselines'"),
+    (MINIMAL + "lr = -0.1\n", "'lr'"),
+    (MINIMAL + "device = 'tpu'\n", "'device'"),
+    (MINIMAL + "variants = []\n", "'variants'"),
+    (MINIMAL + "variants = 'dmd-global'\n", "'variants'"),
+    (MINIMAL + "objective = 'fastest'\n", "'objective'"),
+    (MINIMAL + "target = 'best'\n", "'target'"),
+    (MINIMAL + "cap_factor = 0.5\n", "'cap_factor'"),
+    (MINIMAL + "[sampler]\nname = 'grid'\n", "'sampler.name'"),
+    (MINIMAL + "[sampler]\nseed = 'zero'\n", "'sampler.seed'"),
+    (MINIMAL + "[sampler]\nsed = 1\n", "'sampler.sed'"),
+    (MINIMAL + "[pruner]\nname = 'asha'\n", "'pruner.name'"),
+    (MINIMAL + "objective = 'speedup-and-gap'\n", "'pruner.name'"),
+    (MINIMAL + "[search]\nwindw = 3\n", "'search.windw'"),
+    (MINIMAL + "[search]\nwindow = 2\n", "'search.window'"),
+    (MINIMAL + "[search]\nwindow = 8.5\n", "'search.window'"),
+    (MINIMAL + "[search]\nhorizon = {low = 100, high = 10}\n", "'search.horizon'"),
+    (MINIMAL + "[search]\nhorizon = {low = 0, high = 10, log = true}\n", "'search.horizon'"),
+    (MINIMAL + "[search]\nhorizon = {low = 1}\n", "'search.horizon'"),
+    (MINIMAL + "[search]\nhorizon = {low = 1, high = 5, lg = true}\n", "'search.horizon.lg'"),
+    (MINIMAL + "[search]\nhorizon = []\n", "'search.horizon'"),
+    (MINIMAL + "[search]\nfallback = {low = 1, high = 2}\n", "'search.fallback'"),
+    (MINIMAL + "[search]\nreset_state = 'sometimes'\n", "'search.reset_state'"),
+    (MINIMAL + "[search]\nburn_in = -5\n", "'search.burn_in'"),
+    (MINIMAL + "name = 'a/b'\n", None),  # duplicate key: TOML error
+    ('name = "a/b"\ntask = "digits-mlp"\n', "'name'"),
+]
+
+
+@pytest.mark.parametrize("text, names", BAD)
+def test_bad_specs_get_one_line_errors_naming_the_field(tmp_path, text, names):
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message
+    if names:
+        assert names in message
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "nope.toml")
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "bin.toml")
+
+
+def test_parse_rejects_a_non_table():
+    with pytest.raises(SpecError, match="empty"):
+        parse_spec([], "x")

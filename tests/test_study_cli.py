@@ -1,0 +1,99 @@
+"""The main job end to end: create, run and show a study through the CLI, with real SQLite storage
+and real MLflow tracking; Optuna's own CLI must read what koopsweep wrote."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from koopsweep.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result
+
+
+def test_create_run_show_and_track(tiny_spec, workdir):
+    created = invoke("study", "create", str(tiny_spec))
+    assert created.exit_code == 0, created.output
+    assert created.stdout.strip().splitlines()[-1] == "tiny"
+
+    again = invoke("study", "create", str(tiny_spec))
+    assert again.exit_code == 2 and "already exists" in again.output
+
+    ran = invoke("study", "run", "tiny")
+    assert ran.exit_code == 0, ran.output
+    assert (workdir / "koopsweep.db").exists() and (workdir / "mlflow.db").exists()
+
+    shown = invoke("study", "show", "tiny", "--json")
+    assert shown.exit_code == 0, shown.output
+    summary = json.loads(shown.stdout)
+    assert summary["trials_by_state"].get("COMPLETE", 0) >= 1
+    best = summary["best_trials"][0]
+    assert best["speedup_vs_adam"] is not None and best["speedup_vs_adam"] > 0
+    assert best["variant"] in ("extrapolate-linear", "dmd-global")
+
+    table = invoke("study", "show", "tiny")
+    assert "speedup vs adam" in table.stdout
+
+    # Optuna's own CLI reads the study koopsweep wrote.
+    out = subprocess.run(
+        [sys.executable, "-m", "optuna", "trials", "--storage", "sqlite:///koopsweep.db", "--study-name", "tiny", "-f", "json"],
+        capture_output=True, text=True, cwd=workdir, check=True,
+    )
+    trials = json.loads(out.stdout)
+    assert len(trials) == 2 and all(t["state"] in ("COMPLETE", "PRUNED", "FAIL") for t in trials)
+
+    # MLflow: one parent run for the study, one child per trial and per baseline run.
+    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("koopsweep.role") == "study"]
+    assert len(parents) == 1
+    parent_id = parents[0].info.run_id
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    trial_runs = [r for r in children if r.data.tags["koopsweep.role"] == "trial"]
+    baseline_runs = [r for r in children if r.data.tags["koopsweep.role"] == "baseline"]
+    assert len(trial_runs) == 2
+    complete = [r for r in trial_runs if r.info.status == "FINISHED"]
+    assert complete and all("speedup_vs_adam" in r.data.metrics for r in complete)
+    assert len(baseline_runs) == 2 * len(complete)  # adam and adadelta per finished trial, one seed
+    curve = client.get_metric_history(complete[0].info.run_id, "loss")
+    assert len(curve) >= 2 and curve[0].step == 0
+
+
+def test_run_with_a_spec_creates_the_study_and_rerun_does_nothing(tiny_spec):
+    first = invoke("study", "run", str(tiny_spec), "--n-trials", "1")
+    assert first.exit_code == 0, first.output
+    again = invoke("study", "run", str(tiny_spec), "--n-trials", "1")
+    assert again.exit_code == 0, again.output
+    listed = json.loads(invoke("study", "list", "--json").stdout)
+    assert [(s["name"], s["n_trials"], s["task"]) for s in listed] == [("tiny", 2, "digits-mlp")]
+    changed = tiny_spec.read_text().replace("budget = 60", "budget = 70")
+    tiny_spec.write_text(changed)
+    clash = invoke("study", "run", str(tiny_spec))
+    assert clash.exit_code == 1 and "different spec" in clash.output
+
+
+def test_unknown_study_and_bad_spec_are_one_line_errors(workdir):
+    result = invoke("study", "show", "nope")
+    assert result.exit_code == 2
+    assert "no study named 'nope'" in result.output and "Traceback" not in result.output
+    (workdir / "bad.toml").write_text('name = "b"\ntask = "no-such-task"\n')
+    result = invoke("study", "create", "bad.toml")
+    assert result.exit_code == 2 and "no-such-task" in result.output and "available" in result.output
+    assert not (workdir / "koopsweep.db").exists()  # nothing written for a bad spec
+
+
+def test_the_shipped_quickstart_spec_is_valid():
+    from koopsweep.spec import check_plugins, load_spec
+
+    spec = load_spec(REPO / "studies" / "quickstart.toml")
+    check_plugins(spec)
+    assert spec.name == "quickstart" and spec.task == "digits-mlp"
