@@ -280,3 +280,83 @@ def study_delete(name: str, storage: str | None, yes: bool) -> None:
         click.confirm(f"Delete study {name!r} and all its trials from {sweep.mask_uri(url)}?", abort=True)
     sweep.delete_study(name, url)
     click.echo(f"deleted study {name!r}")
+
+
+# ------------------------------------------------------------------------------------------- bench
+def _parse_param(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as a TOML literal (numbers, true/false, quoted strings), else a string."""
+    import tomllib
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--param")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+@main.command("bench")
+@click.argument("task")
+@click.option("--variant", default="dmd-global", show_default=True, help="The Koopman variant to measure.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A variant parameter, a shared knob (window, horizon, fallback, stride, burn_in, "
+                   "reset_state), RULE.KEY for the fallback rule or task.KEY for the task. Repeatable.")
+@click.option("--optimizer", "optimizers", multiple=True, metavar="NAME",
+              help="Inner optimizer and baseline: adam, adadelta, sgd, adagrad. Repeatable (default adam).")
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Paired seeds per optimizer.")
+@click.option("--budget", type=click.IntRange(min=1), help="Baseline gradient steps (default: the task's).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Also write the report as JSON here.")
+def bench(task: str, variant: str, params: tuple[str, ...], optimizers: tuple[str, ...], seeds: int,
+          budget: int | None, device: str, json_path: str | None) -> None:  # fmt: skip
+    """Measure the end-to-end speedup of one configuration on TASK against its baselines.
+
+    Each seed runs the plain optimizer and the accelerated one back to back on the same seed, data
+    order and device, alternating which goes first; the table shows the median and spread over seeds.
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from koopsweep.bench import BenchSettings, run_bench
+
+    settings = BenchSettings(
+        task=task, variant=variant, params=dict(_parse_param(p) for p in params),
+        optimizers=list(optimizers) or ["adam"], seeds=seeds, device=device, budget=budget,
+    )  # fmt: skip
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(f"bench {task}", total=len(settings.optimizers) * seeds)
+        report = run_bench(settings, on_progress=lambda _: progress.advance(bar))
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2, default=str)
+    Console().print(_bench_table(report))
+
+
+def _bench_table(report: dict):
+    from rich.table import Table
+
+    from koopsweep.measure import format_speedup
+
+    s = report["settings"]
+    table = Table(title=f"{s['task']}: {s['variant']} ({s['device_name']}, {s['seeds']} seeds, budget {s['budget']})")
+    for column in ("optimizer", "median speedup", "IQR", "reached", "step speedup", "window-local", "accepted", "fit/step"):
+        table.add_column(column)
+
+    def num(value, fmt="{:.2f}"):
+        return "-" if value is None else fmt.format(value)
+
+    for optimizer, row in report["summary"].items():
+        reached = row["reached_fraction"]
+        table.add_row(
+            optimizer,
+            format_speedup(row["median_speedup"], reached=reached >= 0.5),
+            num(row["speedup_iqr"]),
+            f"{reached:.0%}",
+            num(row["median_step_speedup"], "{:.2f}x"),
+            num(row["window_local_speedup"], "{:.0f}x"),
+            num(row["median_acceptance_rate"], "{:.0%}"),
+            num(row["median_fit_over_step"]),
+        )
+    return table

@@ -135,12 +135,14 @@ def train(
     koopman: KoopmanConfig | None = None,
     eval_every: int | None = None,
     stop_below: float | None = None,
+    min_steps: int = 0,
     max_time_s: float | None = None,
     on_checkpoint: CheckpointHook | None = None,
 ) -> RunResult:
     """Train ``task`` for up to ``max_steps`` inner optimizer steps.
 
-    Stops early once the evaluation loss is at or below ``stop_below`` ("target"), once the training
+    Stops early once the evaluation loss is at or below ``stop_below`` after at least ``min_steps``
+    steps ("target"), once the training
     clock passes ``max_time_s`` ("time-cap"), when the loss stops being finite ("diverged"), or when
     ``on_checkpoint`` returns True ("pruned").
     """
@@ -170,7 +172,7 @@ def train(
             return "diverged"
         if on_checkpoint is not None and on_checkpoint(point):
             return "pruned"
-        if stop_below is not None and point.loss <= stop_below:
+        if stop_below is not None and point.loss <= stop_below and step >= min_steps:
             return "target"
         if max_time_s is not None and elapsed >= max_time_s:
             return "time-cap"

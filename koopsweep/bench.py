@@ -1,0 +1,163 @@
+"""`koopsweep bench`: a paired, repeated measurement of one configuration against its baselines.
+
+For each inner optimizer and seed, the plain optimizer and the accelerated one train the same model
+on the same batch stream, back to back in this process on one device, alternating which goes first so
+that slow drift of a shared machine does not favour either side. The accelerated run trains at least
+the baseline's budget (so its final loss is comparable at equal gradient steps) and, if it has not yet
+reached the baseline's target, goes on up to ``cap_factor`` times the budget and time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from koopsweep import plugins
+from koopsweep.devices import device_label, resolve_device
+from koopsweep.errors import UsageError
+from koopsweep.measure import compare, iqr, median, target_loss
+from koopsweep.training import OPTIMIZERS, KoopmanConfig, train
+
+SHARED_KEYS = ("window", "horizon", "fallback", "stride", "burn_in", "reset_state")
+
+
+@dataclass
+class BenchSettings:
+    task: str
+    variant: str = "dmd-global"
+    params: dict[str, Any] = field(default_factory=dict)  # --param KEY=VALUE, before splitting
+    optimizers: list[str] = field(default_factory=lambda: ["adam"])
+    seeds: int = 5
+    device: str = "auto"
+    budget: int | None = None
+    cap_factor: float = 2.0
+    target: str = "final"
+
+
+def split_params(variant: str, params: dict[str, Any]) -> tuple[KoopmanConfig, dict[str, Any]]:
+    """Sort ``--param`` values into shared knobs, the variant's, the fallback rule's (``RULE.KEY``)
+    and the task's (``task.KEY``). Unknown keys are an error naming the accepted ones."""
+    variant_cls = plugins.load_variant(variant)
+    shared: dict[str, Any] = {}
+    variant_params: dict[str, Any] = {}
+    rule_params: dict[str, Any] = {}
+    task_params: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in SHARED_KEYS:
+            shared[key] = value
+        elif key.startswith("task."):
+            task_params[key[5:]] = value
+        elif key in variant_cls.defaults:
+            variant_params[key] = value
+        elif "." in key:
+            rule_params[key] = value
+        else:
+            raise UsageError(
+                f"--param {key}: not a parameter of variant {variant!r} ({', '.join(variant_cls.defaults) or 'none'}) "
+                f"nor a shared one ({', '.join(SHARED_KEYS)}); fallback and task parameters are written RULE.KEY and task.KEY"
+            )
+    config = KoopmanConfig(variant=variant, variant_params=variant_params, **shared)
+    for key, value in rule_params.items():
+        rule, _, name = key.partition(".")
+        if rule != config.fallback:
+            raise UsageError(f"--param {key}: the fallback rule is {config.fallback!r}, not {rule!r}")
+        config.fallback_params[name] = value
+    return config, task_params
+
+
+def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the measurement and return the JSON-ready report (settings, results, summary)."""
+    for name in settings.optimizers:
+        if name not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    if settings.seeds < 1:
+        raise UsageError("--seeds must be at least 1")
+    config, task_params = split_params(settings.variant, settings.params)
+    task_cls = plugins.load_task(settings.task)
+    task = task_cls(**task_params)
+    device = resolve_device(settings.device)
+    budget = settings.budget or task_cls.default_budget
+    eval_every = task.checkpoint_interval(budget)
+    cap_steps = int(math.ceil(settings.cap_factor * budget))
+    results: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for optimizer in settings.optimizers:
+        if optimizer not in task_cls.baseline_lrs:
+            raise UsageError(f"task {settings.task!r} has no tuned learning rate for {optimizer!r}")
+        lr = float(task_cls.baseline_lrs[optimizer])
+        for seed in range(settings.seeds):
+            common = dict(optimizer=optimizer, lr=lr, seed=seed, device=device, eval_every=eval_every)
+            koopman_first = seed % 2 == 1
+            if koopman_first:
+                # The target is not known yet: run the whole cap, then measure from the curve.
+                koopman = train(task, max_steps=cap_steps, koopman=config, **common)
+                baseline = train(task, max_steps=budget, **common)
+            else:
+                baseline = train(task, max_steps=budget, **common)
+                koopman = train(
+                    task,
+                    max_steps=cap_steps,
+                    koopman=config,
+                    stop_below=target_loss(baseline, settings.target),
+                    min_steps=budget,
+                    max_time_s=settings.cap_factor * baseline.time_s,
+                    **common,
+                )
+            c = compare(baseline, koopman, target=settings.target)
+            at_budget = next((p.loss for p in koopman.curve if p.step >= budget), koopman.final_loss)
+            results.append(
+                {
+                    "optimizer": optimizer,
+                    "seed": seed,
+                    "first": "koopman" if koopman_first else "baseline",
+                    "baseline_time_s": c.baseline_time_s,
+                    "koopman_time_s": c.koopman_time_s,
+                    "speedup": c.speedup,
+                    "speedup_bound": c.speedup_bound,
+                    "step_speedup": c.step_speedup,
+                    "target_loss": c.target_loss,
+                    "baseline_final_loss": baseline.final_loss,
+                    "koopman_final_loss": at_budget,
+                    "acceptance_rate": c.acceptance_rate,
+                    "reached": c.reached,
+                    "window_local_speedup": c.window_local_speedup,
+                    "fit_over_step": c.fit_over_step,
+                    "seconds_per_step": baseline.seconds_per_step,
+                    "stats": koopman.stats,
+                }
+            )
+            if on_progress:
+                on_progress(f"{optimizer} seed {seed}")
+    summary = {}
+    for optimizer in settings.optimizers:
+        rows = [r for r in results if r["optimizer"] == optimizer]
+        summary[optimizer] = {
+            "median_speedup": median([r["speedup_bound"] for r in rows]),
+            "speedup_iqr": iqr([r["speedup_bound"] for r in rows]),
+            "reached_fraction": sum(r["reached"] for r in rows) / len(rows),
+            "median_step_speedup": median([r["step_speedup"] for r in rows]),
+            "window_local_speedup": median([r["window_local_speedup"] for r in rows]),
+            "median_acceptance_rate": median([r["acceptance_rate"] for r in rows]),
+            "median_fit_over_step": median([r["fit_over_step"] for r in rows]),
+        }
+    return {
+        "settings": {
+            "task": settings.task,
+            "task_params": task_params,
+            "variant": settings.variant,
+            "koopman": config.flat_params(),
+            "optimizers": settings.optimizers,
+            "seeds": settings.seeds,
+            "budget": budget,
+            "cap_factor": settings.cap_factor,
+            "target": settings.target,
+            "device": str(device),
+            "device_name": device_label(device),
+            "wall_time_s": time.perf_counter() - started,
+        },
+        "results": results,
+        "summary": summary,
+    }
