@@ -56,23 +56,49 @@ def plugins_list(as_json: bool, strict: bool, groups: tuple[str, ...]) -> None:
     from koopsweep import plugins as registry
 
     rows = registry.describe(list(groups) or None)
+    broken = [row for row in rows if row.status != "ok"]
     if as_json:
         click.echo(json.dumps([row.to_json() for row in rows], indent=2))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="koopsweep plugins")
-        for column in ("group", "name", "distribution", "status", "search space / error"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            detail = row.error if row.status != "ok" else ", ".join(row.search_space) or "-"
-            status = "[green]ok[/]" if row.status == "ok" else "[red]broken[/]"
-            dist = f"{row.distribution or '?'} {row.version or ''}".strip()
-            table.add_row(row.group, row.name, dist, status, detail)
-        Console().print(table)
-    if strict and any(row.status != "ok" for row in rows):
+        _print_plugin_table(rows)
+        if broken:
+            click.echo(
+                f"{len(broken)} broken plugin(s); 'koopsweep plugins list --json' shows the full errors.", err=True
+            )
+    if strict and broken:
         sys.exit(1)
+
+
+#: Longest error shown in the table; the full one is in --json (a traceback-like message folded into a
+#: narrow column is unreadable).
+_TABLE_ERROR_CHARS = 160
+
+
+def _short_error(error: str) -> str:
+    line = error.strip().splitlines()[0] if error.strip() else "broken"
+    return line if len(line) <= _TABLE_ERROR_CHARS else line[: _TABLE_ERROR_CHARS - 1].rstrip() + "…"
+
+
+def _print_plugin_table(rows: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="koopsweep plugins")
+    for column in ("group", "name", "distribution", "status"):
+        table.add_column(column, no_wrap=True)  # short: the last column takes what room is left
+    table.add_column("search space / error", overflow="fold")
+    for row in rows:
+        if row.status == "ok":
+            detail = "\n".join(f"{k} {v}" for k, v in row.search_space_summary.items()) or "-"
+            status = Text("ok", style="green")
+        else:
+            detail = _short_error(row.error_summary or row.error or "")
+            status = Text("broken", style="red")
+        dist = f"{row.distribution or '?'}\n{row.version or ''}".strip()
+        # Text, not markup strings: an error like "list[str]" must not be read as a style tag.
+        table.add_row(Text(row.group), Text(row.name), Text(dist), status, Text(detail))
+    Console().print(table)
 
 
 # ------------------------------------------------------------------------------------------- study
@@ -197,11 +223,18 @@ def _print_summary(study_obj, spec, *, as_json: bool) -> None:
     from rich.table import Table
 
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary["trials_by_state"].items())) or "no trials"
-    table = Table(title=f"study {spec.name} ({spec.task}, inner {spec.optimizer}): {states}")
-    for column in ("trial", "variant", *[f"speedup vs {b}" for b in spec.baselines], "accepted", "fit/step", "params"):
-        table.add_column(column, overflow="fold")
+    table = Table(
+        title=f"study {spec.name} ({spec.task}, inner {spec.optimizer}): {states}",
+        caption="speedup: baseline time to its final loss / accelerated time to the same loss, median over seeds",
+    )
+    for column in ("trial", "variant", *[f"vs {b}" for b in spec.baselines], "accepted", "fit/step"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("parameters", overflow="fold", ratio=1)
     for row in summary["best_trials"]:
-        params = ", ".join(f"{k}={_short(v)}" for k, v in row["params"].items() if k != "variant")
+        # The variant's own parameters are named "<variant>.<param>": show them without the prefix.
+        params = ", ".join(
+            f"{k.removeprefix(str(row['variant']) + '.')}={_short(v)}" for k, v in row["params"].items() if k != "variant"
+        )
         accepted = row.get("acceptance_rate")
         fit = row.get("fit_over_step")
         table.add_row(

@@ -156,5 +156,9 @@ def speedup_cell(row: dict[str, Any], baseline: str) -> str:
     reached = row.get(f"reached_vs_{baseline}") or ""
     if value is None:
         return "-"
-    fully = reached and reached.split("/")[0] == reached.split("/")[-1]
-    return format_speedup(value, reached=bool(fully)) + (f" ({reached})" if reached and not fully else "")
+    hits, _, total = reached.partition("/")
+    if hits == total:
+        return format_speedup(value)
+    if hits == "0":
+        return format_speedup(value, reached=False)
+    return f"{value:.2f}x ({reached} reached)"

@@ -68,9 +68,16 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, max_retry: 
 
 
 # ------------------------------------------------------------------------------ samplers, pruners
-def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler with its arguments (stored with the study: Optuna 5 changed TPE's defaults)."""
+def build_sampler(spec: StudySpec, stream: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler with its arguments (stored with the study: Optuna 5 changed TPE's defaults).
+
+    A seeded sampler rebuilt in every worker would draw the same "random" start-up trials in each of
+    them; ``stream`` (the number of trials already in the study, plus the worker's index) gives each
+    worker and each resumption its own reproducible sequence.
+    """
     name, seed, args = spec.sampler["name"], spec.sampler.get("seed"), dict(spec.sampler.get("args", {}))
+    if seed is not None:
+        seed = (seed + 104_729 * stream) % 2**32
     factories: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
         "tpe": optuna.samplers.TPESampler,
         "random": optuna.samplers.RandomSampler,
@@ -140,7 +147,9 @@ def _study_names(storage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
 
-def load_study(name: str, storage_url: str, *, heartbeat_interval: int | None = None) -> tuple[optuna.Study, StudySpec]:
+def load_study(
+    name: str, storage_url: str, *, heartbeat_interval: int | None = None, worker_index: int = 0
+) -> tuple[optuna.Study, StudySpec]:
     """Open an existing koopsweep study and the spec stored in it."""
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
     names = _study_names(storage)
@@ -152,7 +161,10 @@ def load_study(name: str, storage_url: str, *, heartbeat_interval: int | None = 
     if raw is None:
         raise UsageError(f"study {name!r} was not created by koopsweep (it has no stored spec)")
     spec = spec_from_json(raw, f"study {name!r}")
-    study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec))
+    stream = len(bare.get_trials(deepcopy=False)) + 1_000 * worker_index
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=build_sampler(spec, stream), pruner=build_pruner(spec)
+    )
     return study, spec
 
 
