@@ -200,7 +200,7 @@ def train(
     result = RunResult(optimizer, lr, seed, str(device), koopman, curve, stopped)
     if koopman is not None:
         result.stats = stepper.stats.to_dict()
-        eigs = stepper.variant.eigenvalues
+        eigs = stepper.stats.last_eigenvalues
         if eigs is not None:
-            result.eigenvalues = [complex(z) for z in eigs.detach().cpu().flatten().tolist()]
+            result.eigenvalues = [complex(z) for z in eigs.tolist()]
     return result

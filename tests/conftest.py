@@ -1,6 +1,7 @@
 """Shared fixtures: every test that writes studies or MLflow runs gets its own folder."""
 
 import os
+import shutil
 
 import pytest
 
@@ -28,12 +29,25 @@ seed = 0
 """
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory):
+    """An MLflow SQLite store with its schema already migrated. Creating one runs dozens of Alembic
+    migrations (seconds); tests copy this file instead, and still use a real store each."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A clean current folder with no tracking or storage configured from outside."""
+def workdir(tmp_path, monkeypatch, empty_mlflow_db):
+    """A clean current folder (with an empty, real MLflow store as ./mlflow.db) and no tracking or
+    storage configured from outside."""
     monkeypatch.chdir(tmp_path)
     for var in ("MLFLOW_TRACKING_URI", "KOOPSWEEP_STORAGE", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     return tmp_path
 
 

@@ -5,6 +5,18 @@ predictions at any horizon and evaluate the training loss at any of them (each e
 user's closure once, a cost that the accelerator records), then returns a `Decision`: the parameters to
 keep, or ``None`` to restore the exact previous ones. Rules never touch the model themselves.
 Registered as entry points in the group ``koopsweep.fallbacks``.
+
+Cost conventions a rule should follow, because the accelerator relies on them to keep verification
+cheap:
+
+- Ask ``predict`` first and ``loss_before`` only once a usable prediction exists: an unusable jump then
+  costs no closure call at all.
+- Ask ``loss_before`` *before* evaluating candidates. Every closure call leaves its gradients in the
+  parameters' ``.grad``; when the accepted parameters are the last ones evaluated, the accelerator reuses
+  that evaluation as the next optimizer step's gradient instead of recomputing it. A rejected jump reuses
+  the ``loss_before`` evaluation the same way. Verifying one point therefore costs exactly one extra
+  closure call whether it is accepted or not.
+- Evaluating the same prediction object twice is free (the loss is cached by identity).
 """
 
 from __future__ import annotations
@@ -19,27 +31,39 @@ from koopsweep._params import Configurable
 
 
 class JumpProposal(Protocol):
-    """What the accelerator offers a rule for one jump."""
+    """What the accelerator offers a rule for one jump.
+
+    Horizons are counted in inner optimizer steps. With a snapshot stride ``s > 1`` the variant steps in
+    units of ``s`` optimizer steps, so a horizon is rounded to the nearest multiple of ``s`` (at least
+    ``s``); horizons that round alike return the same prediction object.
+    """
 
     #: The accelerator's configured horizon.
     horizon: int
 
     def predict(self, horizon: int) -> list[torch.Tensor] | None:
         """Predicted parameters ``horizon`` steps ahead, or None when the prediction is unusable
-        (non-finite, or exploding beyond the accelerator's guard)."""
+        (non-finite, exploding beyond the accelerator's guard, or the variant raised). Cached per horizon;
+        the returned tensors must not be modified."""
+
+    def unusable_reason(self, horizon: int) -> str | None:
+        """Why ``predict(horizon)`` returned None (``"non-finite"``, ``"exploding"``, ``"predict-failed"``),
+        or None when it did not (or was not asked yet)."""
 
     def evaluate(self, params: list[torch.Tensor]) -> float:
         """The training loss at ``params`` (one closure call; ``inf`` when it is not finite)."""
 
     @property
     def loss_before(self) -> float:
-        """The training loss at the current parameters (evaluated once, on first use)."""
+        """The training loss at the current parameters (evaluated once, on first use; ``inf`` when it is
+        not finite)."""
 
 
 @dataclass(frozen=True)
 class Decision:
     """A rule's verdict: ``params`` to keep (None rejects the jump), the horizon they correspond to
-    (0 when rejected), and a short reason that the accelerator counts in its stats."""
+    (0 when rejected), and a short reason. The accelerator counts the reasons of rejected jumps in
+    ``stats.rejections``; the reason of an accepted one is informative only."""
 
     params: list[torch.Tensor] | None
     horizon: int
@@ -48,6 +72,10 @@ class Decision:
     @property
     def accepted(self) -> bool:
         return self.params is not None
+
+    @classmethod
+    def accept(cls, params: list[torch.Tensor], horizon: int, reason: str = "accepted") -> Decision:
+        return cls(params, horizon, reason)
 
     @classmethod
     def reject(cls, reason: str) -> Decision:

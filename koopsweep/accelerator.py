@@ -1,0 +1,701 @@
+"""`KoopmanAccelerator`: wrap any first-order torch optimizer and let a Koopman variant jump its weights.
+
+The wrapper records the parameters after inner optimizer steps into a preallocated window; when the
+window is full, the next ``step()`` fits the variant, asks the fallback rule what to do with the
+proposed jump, and then takes its own inner step from wherever the rule left the weights::
+
+    cycle:  [stride * window inner steps, a snapshot every `stride`]  ->  jump attempt + 1 inner step
+            (the jump attempt and the first inner step of the next cycle share one call to step())
+
+Verification is made cheap by reusing closure evaluations. A rule that evaluates the loss at the jumped
+weights leaves their gradients in ``.grad``; if it accepts exactly those weights, the inner step uses them
+instead of calling the closure again. A rejected jump restores the weights bit for bit and, when the rule
+measured the loss before the jump, the gradients of that evaluation, so the inner optimizer continues
+exactly as if no jump had been tried. The inner optimizer's state (momentum, Adam moments) is never
+extrapolated; ``reset_state="reset"`` clears it after an accepted jump.
+
+Horizons are counted in inner optimizer steps. The variant sees one time step per snapshot, i.e. per
+``stride`` optimizer steps, so a horizon ``h`` becomes ``round(h / stride)`` variant steps (at least one)
+and the recorded effective horizon is that count times ``stride``.
+
+Learning-rate schedulers need a real ``torch.optim.Optimizer``: give them ``accelerator.optimizer``.
+Optimizers that call the closure more than once per step (L-BFGS) are not supported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Any
+
+import torch
+
+from koopsweep.errors import ParameterError, PluginValidationError, UsageError
+from koopsweep.fallbacks._base import Decision, FallbackRule
+from koopsweep.variants._base import Variant
+
+__all__ = ["AcceleratorStats", "KoopmanAccelerator"]
+
+Closure = Callable[[], Any]
+
+RESET_STATES = ("keep", "reset")
+
+#: At most this many eigenvalues (the largest in modulus) are kept in ``stats.last_eigenvalues``.
+MAX_EIGENVALUES_KEPT = 256
+
+_STATE_VERSION = 1
+
+
+def _foreach_copy(dst: list[torch.Tensor], src: Sequence[torch.Tensor]) -> None:
+    """``d.copy_(s)`` for each pair; one fused call where torch has it. Call under ``torch.no_grad()``."""
+    if hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_(dst, list(src))
+    else:  # pragma: no cover - torch < 2.1
+        for d, s in zip(dst, src):
+            d.copy_(s)
+
+
+def _global_norm(tensors: Iterable[torch.Tensor]) -> float:
+    """The 2-norm of all tensors together, accumulated in float64 (NaN/inf propagate)."""
+    total = 0.0
+    for t in tensors:
+        n = float(torch.linalg.vector_norm(t, dtype=torch.float64))
+        total += n * n
+    return math.sqrt(total)
+
+
+@dataclass
+class AcceleratorStats:
+    """What the accelerator did, for logging. All counters are cumulative over the run.
+
+    ``evaluations`` counts only the closure calls made for verification (the inner optimizer's own calls
+    are not included); the times are wall-clock seconds, with CUDA synchronised before each reading.
+    """
+
+    inner_steps: int = 0
+    snapshots_recorded: int = 0
+    jumps_tried: int = 0
+    jumps_accepted: int = 0
+    accepted_horizon_total: int = 0
+    evaluations: int = 0
+    fit_time_s: float = 0.0
+    predict_time_s: float = 0.0
+    verify_time_s: float = 0.0
+    last_spectral_radius: float | None = None
+    #: Eigenvalues of the last fit (complex128, CPU, at most `MAX_EIGENVALUES_KEPT`, largest first).
+    last_eigenvalues: torch.Tensor | None = None
+    rejections: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / tried jumps (0.0 before the first attempt)."""
+        return self.jumps_accepted / self.jumps_tried if self.jumps_tried else 0.0
+
+    @property
+    def effective_horizon(self) -> float:
+        """Mean horizon of the accepted jumps, in inner optimizer steps (0.0 when none was accepted)."""
+        return self.accepted_horizon_total / self.jumps_accepted if self.jumps_accepted else 0.0
+
+    _COUNTERS = (
+        "inner_steps", "snapshots_recorded", "jumps_tried", "jumps_accepted", "accepted_horizon_total",
+        "evaluations", "fit_time_s", "predict_time_s", "verify_time_s", "last_spectral_radius",
+    )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (eigenvalues as ``[real, imag]`` pairs), with the derived rates."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in self._COUNTERS}
+        out["last_eigenvalues"] = (
+            None
+            if self.last_eigenvalues is None
+            else [[float(z.real), float(z.imag)] for z in (complex(v) for v in self.last_eigenvalues.tolist())]
+        )
+        out["rejections"] = dict(self.rejections)
+        out["acceptance_rate"] = self.acceptance_rate
+        out["effective_horizon"] = self.effective_horizon
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AcceleratorStats:
+        """Inverse of `to_dict` (derived keys are ignored)."""
+        stats = cls(**{name: data[name] for name in cls._COUNTERS if name in data})
+        eig = data.get("last_eigenvalues")
+        if eig is not None:
+            stats.last_eigenvalues = torch.tensor([complex(re, im) for re, im in eig], dtype=torch.complex128)
+        stats.rejections = {str(k): int(v) for k, v in dict(data.get("rejections") or {}).items()}
+        return stats
+
+
+# ---------------------------------------------------------------------------------------------------------
+# option validation
+
+
+def _int_option(name: str, value: Any, minimum: int, hint: str = "") -> int:
+    if not isinstance(value, Integral) or isinstance(value, bool) or value < minimum:
+        raise ParameterError(f"KoopmanAccelerator: {name}={value!r} is invalid; expected an integer >= {minimum}{hint}")
+    return int(value)
+
+
+def _ratio_option(name: str, value: Any, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, Real) or isinstance(value, bool) or math.isnan(value) or value <= 0:
+        expected = "None or a number > 0" if allow_none else "a number > 0 (math.inf disables the guard)"
+        raise ParameterError(f"KoopmanAccelerator: {name}={value!r} is invalid; expected {expected}")
+    return float(value)
+
+
+def _build_variant(variant: Any, params: dict[str, Any]) -> Variant:
+    if isinstance(variant, Variant):
+        if params:
+            raise ParameterError(
+                f"KoopmanAccelerator got a Variant instance ({variant!r}) and variant parameters "
+                f"{', '.join(sorted(params))}; configure the instance instead, or pass the variant by name"
+            )
+        return variant
+    if isinstance(variant, str):
+        from koopsweep.plugins import load_variant
+
+        return load_variant(variant)(**params)
+    raise ParameterError(
+        f"KoopmanAccelerator: variant={variant!r} is invalid; expected a registered variant name "
+        "(see `koopsweep plugins list`) or a koopsweep.Variant instance"
+    )
+
+
+def _build_fallback(fallback: Any, params: dict[str, Any] | None) -> FallbackRule:
+    if params is not None and not isinstance(params, Mapping):
+        raise ParameterError(f"KoopmanAccelerator: fallback_params={params!r} is invalid; expected a dict or None")
+    if isinstance(fallback, FallbackRule):
+        if params:
+            raise ParameterError(
+                f"KoopmanAccelerator got a FallbackRule instance ({fallback!r}) and fallback_params; "
+                "configure the instance instead, or pass the rule by name"
+            )
+        return fallback
+    if isinstance(fallback, str):
+        from koopsweep.plugins import load_fallback
+
+        return load_fallback(fallback)(**dict(params or {}))
+    raise ParameterError(
+        f"KoopmanAccelerator: fallback={fallback!r} is invalid; expected a registered rule name "
+        "(none, verify, backtrack, best-of, or a plugin's) or a koopsweep.FallbackRule instance"
+    )
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return
+    missing = [a for a in ("param_groups", "state", "step", "zero_grad", "state_dict", "load_state_dict")
+               if not hasattr(optimizer, a)]  # fmt: skip
+    if missing:
+        raise ParameterError(
+            f"KoopmanAccelerator: optimizer={optimizer!r} is not a torch.optim.Optimizer "
+            f"(it lacks {', '.join(missing)}); wrap an optimizer instance, e.g. torch.optim.Adam(model.parameters())"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the accelerator
+
+
+class KoopmanAccelerator:
+    """Koopman jumps around any first-order ``torch.optim.Optimizer``.
+
+    Args:
+        optimizer: the inner optimizer (SGD, Adam, Adadelta, Adagrad, or a third-party one that calls the
+            closure at most once per step). Its state is never extrapolated.
+        variant: a registered variant name, built with ``**variant_params``, or a `Variant` instance.
+        window: snapshots per fit (at least ``variant.min_window()``).
+        horizon: inner optimizer steps a jump predicts ahead.
+        fallback: a registered rule name (``none``, ``verify``, ``backtrack``, ``best-of``), built with
+            ``fallback_params``, or a `FallbackRule` instance.
+        stride: record a snapshot every ``stride`` inner steps.
+        burn_in: inner steps before snapshots start being recorded.
+        reset_state: ``"keep"`` or ``"reset"`` the inner optimizer's per-parameter state after an accepted
+            jump.
+        max_jump_ratio: if set, scale a jump down so its norm is at most this many times the naive linear
+            extrapolation over the same horizon (``h * |x_last - x_first| / steps spanned by the window``).
+        explode_ratio: a prediction farther than this many times that linear extrapolation, or non-finite,
+            is unusable and the jump is rejected (``math.inf`` disables the size test).
+
+    ``step(closure)`` returns the loss the inner step used. Without a closure, ``step()`` works only with
+    rules that do not evaluate the loss (``none``); the user computed the gradients beforehand. Then an
+    accepted jump skips that call's inner step, because those gradients belong to weights the jump left.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        variant: str | Variant = "dmd-global",
+        *,
+        window: int = 16,
+        horizon: int = 100,
+        fallback: str | FallbackRule = "verify",
+        fallback_params: dict[str, Any] | None = None,
+        stride: int = 1,
+        burn_in: int = 0,
+        reset_state: str = "keep",
+        max_jump_ratio: float | None = None,
+        explode_ratio: float = 1e3,
+        **variant_params: Any,
+    ) -> None:
+        _check_optimizer(optimizer)
+        self.optimizer = optimizer
+        self._horizon = _int_option("horizon", horizon, 1)
+        self._stride = _int_option("stride", stride, 1)
+        self._burn_in = _int_option("burn_in", burn_in, 0)
+        if reset_state not in RESET_STATES:
+            raise ParameterError(
+                f"KoopmanAccelerator: reset_state={reset_state!r} is invalid; expected one of {', '.join(RESET_STATES)}"
+            )
+        self._reset_state = reset_state
+        self._max_jump_ratio = _ratio_option("max_jump_ratio", max_jump_ratio, allow_none=True)
+        self._explode_ratio = _ratio_option("explode_ratio", explode_ratio, allow_none=False)
+        self.variant = _build_variant(variant, variant_params)
+        self.fallback = _build_fallback(fallback, fallback_params)
+        needed = max(2, int(self.variant.min_window()))
+        self._window = _int_option(
+            "window", window, needed,
+            f" ({self.variant!r} needs at least {needed} snapshots; raise window or change the variant's parameters)",
+        )  # fmt: skip
+        self._needs_closure = bool(self.fallback.needs_closure)
+        self.stats = AcceleratorStats()
+        self._fit_warned = False
+        self._predict_warned = False
+        self._setup_buffers()
+
+    # -- configuration (read-only) ---------------------------------------------------------------------
+
+    window = property(lambda self: self._window, doc="Snapshots per fit.")
+    horizon = property(lambda self: self._horizon, doc="Inner steps a jump predicts ahead.")
+    stride = property(lambda self: self._stride, doc="Inner steps between snapshots.")
+    burn_in = property(lambda self: self._burn_in, doc="Inner steps before the first snapshot.")
+    reset_state = property(lambda self: self._reset_state, doc='"keep" or "reset".')
+    max_jump_ratio = property(lambda self: self._max_jump_ratio, doc="Cap on a jump vs linear extrapolation.")
+    explode_ratio = property(lambda self: self._explode_ratio, doc="Unusable beyond this ratio.")
+
+    @property
+    def jump_due(self) -> bool:
+        """Whether the next `step` attempts a jump (the snapshot window is full)."""
+        return self._filled >= self._window
+
+    @property
+    def snapshots_filled(self) -> int:
+        """Snapshots currently in the window."""
+        return self._filled
+
+    # -- the torch.optim.Optimizer surface ------------------------------------------------------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.optimizer.defaults
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the inner optimizer. The snapshot window restarts (the new parameters have no
+        history), so the next jump comes a full cycle later."""
+        self.optimizer.add_param_group(param_group)
+        self._setup_buffers()
+
+    def __repr__(self) -> str:
+        return (
+            f"KoopmanAccelerator({type(self.optimizer).__name__}, variant={self.variant!r}, "
+            f"fallback={self.fallback!r}, window={self._window}, horizon={self._horizon}, stride={self._stride}, "
+            f"burn_in={self._burn_in}, reset_state={self._reset_state!r}, max_jump_ratio={self._max_jump_ratio}, "
+            f"explode_ratio={self._explode_ratio})"
+        )
+
+    # -- snapshots ----------------------------------------------------------------------------------------
+
+    def _setup_buffers(self) -> None:
+        self._params: list[torch.Tensor] = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self._buffers = [
+            torch.zeros((self._window, *p.shape), dtype=p.dtype, device=p.device) for p in self._params
+        ]
+        # One list of row views per slot, built once, so that recording is a single fused copy.
+        self._slots = [[buf[i] for buf in self._buffers] for i in range(self._window)]
+        self._on_cuda = any(p.is_cuda for p in self._params)
+        self._filled = 0
+        self._cycle_steps = 0
+
+    def _after_inner_step(self) -> None:
+        stats = self.stats
+        stats.inner_steps += 1
+        if stats.inner_steps <= self._burn_in:
+            return
+        self._cycle_steps += 1
+        if self._cycle_steps % self._stride == 0 and self._filled < self._window:
+            with torch.no_grad():
+                _foreach_copy(self._slots[self._filled], self._params)
+            self._filled += 1
+            stats.snapshots_recorded += 1
+
+    def _clock(self) -> float:
+        if self._on_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _variant_steps(self, horizon: int) -> int:
+        """Variant time steps (one per snapshot) for a horizon in inner steps, rounded half up, >= 1."""
+        s = self._stride
+        return max(1, (horizon + s // 2) // s)
+
+    def effective_horizon(self, horizon: int) -> int:
+        """The inner steps a jump of ``horizon`` really covers (a multiple of ``stride``)."""
+        return self._variant_steps(horizon) * self._stride
+
+    # -- step -----------------------------------------------------------------------------------------------
+
+    def step(self, closure: Closure | None = None) -> Any:
+        """One inner optimizer step, preceded by a jump attempt when the snapshot window is full."""
+        if closure is None and self._needs_closure:
+            raise UsageError(
+                f"KoopmanAccelerator.step() was called without a closure, but the fallback rule {self.fallback!r} "
+                "evaluates the loss; pass step(closure) with a closure that zeroes the gradients, computes the "
+                "loss, calls backward() and returns the loss, or use fallback='none'"
+            )
+        if self._filled >= self._window:
+            return self._jump_step(closure)
+        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        self._after_inner_step()
+        return loss
+
+    def _jump_step(self, closure: Closure | None) -> Any:
+        stats = self.stats
+        with torch.no_grad():
+            current = [p.detach().clone() for p in self._params]
+        proposal = self._fit(current, closure)
+        decision: Decision | None = None
+        if proposal is not None:
+            try:
+                decision = self._decide(proposal)
+            except BaseException:
+                # A closure or the rule raised mid-decision: leave the model exactly as it was before this
+                # call (the window stays full, so the next step() tries again).
+                proposal.restore()
+                raise
+        stats.jumps_tried += 1
+
+        stepped = True
+        if proposal is not None and decision is not None and decision.accepted:
+            stats.jumps_accepted += 1
+            stats.accepted_horizon_total += self.effective_horizon(int(decision.horizon))
+            if self._reset_state == "reset":
+                self.optimizer.state.clear()  # torch optimizers re-initialise state lazily, per parameter
+            if proposal.holds_gradients_of(decision.params):
+                # The rule's last evaluation was at exactly these weights: its gradients are in .grad, and
+                # that evaluation is this step's gradient computation.
+                cached = proposal.last_loss
+                loss = self.optimizer.step(lambda: cached)
+            else:
+                proposal.load(decision.params)
+                if closure is None:
+                    loss, stepped = None, False  # the user's gradients belong to the weights we left
+                else:
+                    loss = self.optimizer.step(closure)
+        else:
+            reason = "fit-failed" if decision is None else str(decision.reason)
+            stats.rejections[reason] = stats.rejections.get(reason, 0) + 1
+            if proposal is not None and proposal.restore():
+                # Weights restored bit for bit, and the gradients measured there by loss_before.
+                cached = proposal.loss_before_raw
+                loss = self.optimizer.step(lambda: cached)
+            else:
+                loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+
+        self._filled = 0
+        self._cycle_steps = 0
+        if stepped:
+            self._after_inner_step()
+        return loss
+
+    def _fit(self, current: list[torch.Tensor], closure: Closure | None) -> _Proposal | None:
+        """Fit the variant on the full window; the proposal for the rule, or None when the fit failed."""
+        stats = self.stats
+        displacement = _global_norm(buf[-1] - buf[0] for buf in self._buffers)
+        t0 = self._clock()
+        try:
+            self.variant.fit(self._buffers)
+        except Exception as exc:  # degenerate windows make linear algebra raise; never crash training
+            stats.fit_time_s += self._clock() - t0
+            if not self._fit_warned:
+                self._fit_warned = True
+                warnings.warn(
+                    f"KoopmanAccelerator: {self.variant!r}.fit() raised {type(exc).__name__}: {exc}; the jump was "
+                    "rejected as 'fit-failed' and training continues with the inner optimizer. Later failures are "
+                    "only counted in stats.rejections['fit-failed'].",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            return None
+        stats.fit_time_s += self._clock() - t0
+        self._read_spectrum()
+        return _Proposal(self, current, closure, displacement)
+
+    def _decide(self, proposal: _Proposal) -> Decision:
+        decision = self.fallback.decide(proposal)
+        if not isinstance(decision, Decision):
+            raise PluginValidationError(
+                f"{self.fallback!r}.decide() returned {decision!r}; a FallbackRule must return a koopsweep.Decision"
+            )
+        if decision.accepted:
+            proposal.check_params(decision.params, f"{self.fallback!r}.decide()")
+            h = decision.horizon
+            if not isinstance(h, Integral) or isinstance(h, bool) or h < 1:
+                raise PluginValidationError(
+                    f"{self.fallback!r}.decide() accepted a jump with horizon={h!r}; expected a positive int"
+                )
+        return decision
+
+    def _read_spectrum(self) -> None:
+        try:
+            eig = self.variant.eigenvalues
+        except Exception:  # diagnostics only
+            eig = None
+        if eig is None or not isinstance(eig, torch.Tensor) or eig.numel() == 0:
+            self.stats.last_spectral_radius = None
+            self.stats.last_eigenvalues = None
+            return
+        eig = eig.detach().reshape(-1).to("cpu", torch.complex128)
+        modulus = eig.abs()
+        order = torch.argsort(modulus, descending=True)[:MAX_EIGENVALUES_KEPT]
+        self.stats.last_spectral_radius = float(modulus.max())
+        self.stats.last_eigenvalues = eig[order].clone()
+
+    # -- checkpointing ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner optimizer's state dict under ``"optimizer"``, and under ``"accelerator"`` the counters,
+        the stats and the snapshots recorded so far (so that a resumed run continues mid-window)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "accelerator": {
+                "version": _STATE_VERSION,
+                "window": self._window,
+                "stride": self._stride,
+                "filled": self._filled,
+                "cycle_steps": self._cycle_steps,
+                "snapshots": [buf[: self._filled].clone() for buf in self._buffers],
+                "stats": self.stats.to_dict(),
+            },
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` saved. The model's own parameters are not part of it (load the
+        model's state dict as well)."""
+        try:
+            inner, acc = state_dict["optimizer"], state_dict["accelerator"]
+            version, window, stride = acc["version"], acc["window"], acc["stride"]
+            filled, cycle_steps, snapshots, stats = acc["filled"], acc["cycle_steps"], acc["snapshots"], acc["stats"]
+        except (KeyError, TypeError) as exc:
+            raise ParameterError(
+                "KoopmanAccelerator.load_state_dict: not a KoopmanAccelerator state dict (missing "
+                f"{exc}); a bare optimizer's state dict goes to accelerator.optimizer.load_state_dict"
+            ) from None
+        if version != _STATE_VERSION:
+            raise ParameterError(f"KoopmanAccelerator.load_state_dict: unsupported state version {version!r}")
+        if window != self._window or stride != self._stride:
+            raise ParameterError(
+                f"KoopmanAccelerator.load_state_dict: the state was saved with window={window}, stride={stride} but "
+                f"this accelerator has window={self._window}, stride={self._stride}; use the same values to resume"
+            )
+        if len(snapshots) != len(self._buffers) or any(
+            tuple(s.shape) != (filled, *b.shape[1:]) for s, b in zip(snapshots, self._buffers)
+        ):
+            raise ParameterError(
+                "KoopmanAccelerator.load_state_dict: the saved snapshots do not match this optimizer's parameters "
+                "(different model or parameter groups)"
+            )
+        self.optimizer.load_state_dict(inner)
+        with torch.no_grad():
+            for buf, saved in zip(self._buffers, snapshots):
+                buf[:filled].copy_(saved)
+        self._filled = int(filled)
+        self._cycle_steps = int(cycle_steps)
+        self.stats = AcceleratorStats.from_dict(stats)
+
+
+class _Proposal:
+    """The accelerator's `JumpProposal` for one jump attempt; also tracks what the model and ``.grad``
+    hold, so that the accelerator can reuse the last closure evaluation and restore the weights."""
+
+    def __init__(
+        self, acc: KoopmanAccelerator, current: list[torch.Tensor], closure: Closure | None, displacement: float
+    ) -> None:
+        self.horizon = acc.horizon
+        self._acc = acc
+        self._params = acc._params
+        self._current = current
+        self._closure = closure
+        self._displacement = displacement
+        self._predictions: dict[int, list[torch.Tensor] | None] = {}
+        self._reasons: dict[int, str] = {}
+        self._evaluated: dict[int, tuple[list[torch.Tensor], float]] = {}
+        self._model_at: list[torch.Tensor] = current  # which weights the model holds (by identity)
+        self._last: list[torch.Tensor] | None = None  # weights of the last closure call, whose grads are in .grad
+        self.last_loss: Any = None  # what that closure call returned
+        self._before: float | None = None
+        self.loss_before_raw: Any = None
+        self._before_grads: list[torch.Tensor | None] | None = None
+
+    # -- JumpProposal ---------------------------------------------------------------------------------
+
+    def predict(self, horizon: int) -> list[torch.Tensor] | None:
+        if not isinstance(horizon, Integral) or isinstance(horizon, bool) or horizon < 1:
+            raise ParameterError(f"JumpProposal.predict: horizon={horizon!r} is invalid; expected an integer >= 1")
+        k = self._acc._variant_steps(int(horizon))
+        if k in self._predictions:
+            return self._predictions[k]
+        acc = self._acc
+        t0 = acc._clock()
+        try:
+            pred, reason = self._guarded(k)
+        finally:
+            acc.stats.predict_time_s += acc._clock() - t0
+        self._predictions[k] = pred
+        if reason is not None:
+            self._reasons[k] = reason
+        return pred
+
+    def unusable_reason(self, horizon: int) -> str | None:
+        return self._reasons.get(self._acc._variant_steps(int(horizon)))
+
+    def evaluate(self, params: list[torch.Tensor]) -> float:
+        hit = self._evaluated.get(id(params))
+        if hit is not None and hit[0] is params:
+            return hit[1]
+        self.check_params(params, "JumpProposal.evaluate")
+        self.load(params)
+        value = self._call_closure()
+        self._last = params
+        self._evaluated[id(params)] = (params, value)
+        return value
+
+    @property
+    def loss_before(self) -> float:
+        if self._before is None:
+            self.load(self._current)
+            self._before = self._call_closure()
+            self.loss_before_raw = self.last_loss
+            self._before_grads = [None if p.grad is None else p.grad.detach().clone() for p in self._params]
+            self._last = self._current
+        return self._before
+
+    # -- for the accelerator ---------------------------------------------------------------------------
+
+    def check_params(self, params: Any, who: str) -> None:
+        if not isinstance(params, (list, tuple)) or len(params) != len(self._params):
+            raise PluginValidationError(
+                f"{who}: expected a list of {len(self._params)} tensors (one per parameter), got {type(params).__name__}"
+                + (f" of length {len(params)}" if isinstance(params, (list, tuple)) else "")
+            )
+        for i, (t, p) in enumerate(zip(params, self._params)):
+            if not isinstance(t, torch.Tensor) or t.shape != p.shape:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise PluginValidationError(f"{who}: tensor {i} is {got}, expected shape {tuple(p.shape)}")
+
+    def load(self, params: list[torch.Tensor]) -> None:
+        """Copy ``params`` into the model's parameters (exactly; no-op when they are already there)."""
+        if self._model_at is params:
+            return
+        with torch.no_grad():
+            _foreach_copy(self._params, params)
+        self._model_at = params
+
+    def holds_gradients_of(self, params: list[torch.Tensor]) -> bool:
+        """Whether the model holds ``params`` and ``.grad`` holds their gradients (from the last closure call)."""
+        last = self._last
+        if last is None or self._model_at is not last:
+            return False
+        return params is last or (len(params) == len(last) and all(a is b for a, b in zip(params, last)))
+
+    def restore(self) -> bool:
+        """Put back the weights from before the jump, bit for bit, and the gradients measured there if
+        ``loss_before`` was evaluated. Returns whether those gradients (and ``loss_before_raw``) are valid."""
+        self.load(self._current)
+        if self._before_grads is None:
+            return False
+        for p, g in zip(self._params, self._before_grads):
+            p.grad = g
+        self._last = self._current
+        return True
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _call_closure(self) -> float:
+        if self._closure is None:
+            raise UsageError(
+                f"the fallback rule {self._acc.fallback!r} evaluated the loss, but step() was called without a "
+                "closure; pass step(closure), or set the rule's needs_closure = True so that this is caught earlier"
+            )
+        acc = self._acc
+        t0 = acc._clock()
+        try:
+            with torch.enable_grad():
+                raw = self._closure()
+            try:
+                value = float(raw.detach() if isinstance(raw, torch.Tensor) else raw)
+            except (TypeError, ValueError, RuntimeError):
+                raise UsageError(
+                    f"the step() closure returned {raw!r}; it must return the loss (a scalar tensor or number)"
+                ) from None
+        finally:
+            acc.stats.verify_time_s += acc._clock() - t0
+        acc.stats.evaluations += 1
+        self.last_loss = raw
+        return value if math.isfinite(value) else math.inf
+
+    def _guarded(self, k: int) -> tuple[list[torch.Tensor] | None, str | None]:
+        """``variant.predict(k)`` through the non-finite / exploding guard and the jump cap."""
+        acc = self._acc
+        try:
+            raw = acc.variant.predict(k)
+        except Exception as exc:
+            if not acc._predict_warned:
+                acc._predict_warned = True
+                warnings.warn(
+                    f"KoopmanAccelerator: {acc.variant!r}.predict({k}) raised {type(exc).__name__}: {exc}; the "
+                    "prediction is treated as unusable ('predict-failed'). Later failures are only counted in "
+                    "stats.rejections.",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+            return None, "predict-failed"
+        self.check_params(raw, f"{acc.variant!r}.predict({k})")
+        # Predictions for other horizons must stay valid: copy a tensor that aliases an earlier one.
+        taken = {t.data_ptr() for pred in self._predictions.values() if pred for t in pred if t.numel()}
+        pred = []
+        for r, p in zip(raw, self._params):
+            r = r.detach().to(device=p.device, dtype=p.dtype)
+            if r.numel() and r.data_ptr() in taken:
+                r = r.clone()
+            pred.append(r)
+        jumps = [r - c for r, c in zip(pred, self._current)]
+        norm = _global_norm(jumps)
+        if not math.isfinite(norm):
+            if any(not bool(torch.isfinite(r).all()) for r in pred):
+                return None, "non-finite"
+            return None, "exploding"
+        # The naive linear extrapolation over the same horizon: k snapshot intervals of the mean displacement.
+        linear = k * self._displacement / (acc.window - 1)
+        if norm > acc.explode_ratio * linear:
+            return None, "exploding"
+        cap = acc.max_jump_ratio
+        if cap is not None and norm > cap * linear:
+            scale = cap * linear / norm
+            pred = [c.add(j, alpha=scale) for c, j in zip(self._current, jumps)]
+        return pred, None
