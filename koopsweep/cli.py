@@ -276,7 +276,7 @@ def study_list(storage: str | None, as_json: bool) -> None:
 
     _quiet_optuna()
     url = sweep.resolve_storage(storage)
-    summaries = optuna.get_all_study_summaries(sweep.open_storage(url), include_best_trial=False)
+    summaries = optuna.get_all_study_summaries(sweep.open_storage(url, create=False), include_best_trial=False)
     rows = [
         {
             "name": s.study_name,

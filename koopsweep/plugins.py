@@ -14,14 +14,17 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import inspect
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from koopsweep.errors import PluginLoadError, PluginNotFoundError, PluginValidationError
 
-#: Set to 1 to load only koopsweep's own built-ins (third-party entry points are ignored).
+#: Set to 1 to load only koopsweep's own built-ins (third-party entry points are ignored). Empty, 0,
+#: false, no and off leave autoloading on.
 AUTOLOAD_ENV = "KOOPSWEEP_DISABLE_PLUGIN_AUTOLOAD"
+_AUTOLOAD_ON = ("", "0", "false", "no", "off")
 
 #: Parameter names that belong to the framework (the accelerator, the sweep, the training run). A
 #: plugin may not use them, or a spec could not tell whose parameter it sets.
@@ -67,7 +70,9 @@ class PluginInfo:
     version: str | None
     status: str = "ok"
     error: str | None = None
-    search_space: dict[str, str] = field(default_factory=dict)
+    search_space: dict[str, str] = field(default_factory=dict)  # name -> repr of the Optuna distribution
+    search_space_summary: dict[str, str] = field(default_factory=dict)  # name -> "int 1..8" and the like
+    error_summary: str | None = None  # what is wrong, without the entry point the other columns show
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,13 +118,28 @@ class _Registry:
 
     chosen: dict[str, metadata.EntryPoint]  # name -> the entry point that answers to it
     ambiguous: dict[str, str]  # name -> why it cannot be used (several third parties claim it)
-    shadowed: list[tuple[metadata.EntryPoint, str]]  # third-party entry points that lost to a built-in
+    # Entry points that answer to no name: third parties that lost to a built-in, and the other
+    # claimants of an ambiguous name; each with why.
+    shadowed: list[tuple[metadata.EntryPoint, str]]
+
+
+_registries: dict[tuple, _Registry] = {}
 
 
 def _registry(kind: str) -> _Registry:
+    """The group's registry; cached, since scanning installed metadata costs tens of milliseconds and
+    sweeps ask for plugins at every trial. The key includes ``sys.path`` and the autoload switch, so
+    a distribution made visible later (a new path entry) is still found."""
+    key = (kind, tuple(sys.path), os.environ.get(AUTOLOAD_ENV, ""))
+    if key not in _registries:
+        _registries[key] = _scan(kind)
+    return _registries[key]
+
+
+def _scan(kind: str) -> _Registry:
     group = _group(kind)
     found = list(metadata.entry_points(group=group.entry_point_group))
-    if os.environ.get(AUTOLOAD_ENV, "").strip() not in ("", "0"):
+    if os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in _AUTOLOAD_ON:
         found = [ep for ep in found if _is_own(ep)]
     by_name: dict[str, list[metadata.EntryPoint]] = {}
     for ep in found:
@@ -140,7 +160,12 @@ def _registry(kind: str) -> _Registry:
                     registry.shadowed.append((ep, f"the name {name!r} belongs to koopsweep's built-in; rename it"))
         else:
             listing = "; ".join(_describe_entry_point(ep) for ep in claimants)
-            registry.ambiguous[name] = f"the name {name!r} is claimed by several plugins: {listing}"
+            registry.ambiguous[name] = (
+                f"the name {name!r} is claimed by several plugins, so none of them is used: {listing}; "
+                "uninstall or rename all but one"
+            )
+            # Every claimant is listed (as broken), not only the one that happens to be found first.
+            registry.shadowed.extend((ep, registry.ambiguous[name]) for ep in claimants[1:])
     return registry
 
 
@@ -152,6 +177,13 @@ def available(kind: str) -> list[str]:
 _loaded: dict[tuple[str, str], type] = {}
 
 
+def _error(error_type: type[Exception], message: str, summary: str) -> Exception:
+    """An error whose ``summary`` says what is wrong without repeating the entry point (for tables)."""
+    error = error_type(message)
+    error.summary = summary  # type: ignore[attr-defined]
+    return error
+
+
 def load(kind: str, name: str) -> type:
     """Import, validate and return the class registered as ``name`` in group ``kind``."""
     registry = _registry(kind)
@@ -159,15 +191,20 @@ def load(kind: str, name: str) -> type:
         names = ", ".join(sorted(registry.chosen)) or "none"
         raise PluginNotFoundError(f"no {kind[:-1]} named {name!r} is installed; available {kind}: {names}")
     if name in registry.ambiguous:
-        raise PluginValidationError(registry.ambiguous[name])
+        claimed = f"the name {name!r} is claimed by several plugins"
+        raise _error(PluginValidationError, registry.ambiguous[name], claimed)
     ep = registry.chosen[name]
     key = (ep.group, ep.value)
     if key not in _loaded:
         try:
             cls = ep.load()
-        except Exception as exc:  # any failure inside plugin code is the plugin's, not ours
-            raise PluginLoadError(
-                f"{kind[:-1]} {name!r} failed to import ({_describe_entry_point(ep)}): {type(exc).__name__}: {exc}"
+        # Any failure inside plugin code is the plugin's, not ours; that includes a module that calls
+        # sys.exit() when a dependency is missing (KeyboardInterrupt still stops everything).
+        except (Exception, SystemExit) as exc:
+            cause = f"{type(exc).__name__}: {exc}"
+            where = _describe_entry_point(ep)
+            raise _error(
+                PluginLoadError, f"{kind[:-1]} {name!r} failed to import ({where}): {cause}", f"import failed: {cause}"
             ) from exc
         validate(kind, cls, where=_describe_entry_point(ep))
         _loaded[key] = cls
@@ -197,7 +234,7 @@ def validate(kind: str, cls: Any, *, where: str = "") -> None:
     prefix = f"{where}: " if where else ""
 
     def fail(problem: str) -> None:
-        raise PluginValidationError(f"{prefix}{problem}")
+        raise _error(PluginValidationError, f"{prefix}{problem}", problem)
 
     base = group.base()
     if not (inspect.isclass(cls) and issubclass(cls, base)):
@@ -249,10 +286,31 @@ def describe(kinds: list[str] | None = None) -> list[PluginInfo]:
             info = PluginInfo(kind, ep.name, ep.value, dist, version)
             try:
                 if lost_reason:
-                    raise PluginValidationError(f"{_describe_entry_point(ep)}: {lost_reason}")
+                    raise _error(PluginValidationError, f"{_describe_entry_point(ep)}: {lost_reason}", lost_reason)
                 cls = load(kind, ep.name)
-                info.search_space = {k: repr(v) for k, v in cls.search_space().items()}
+                space = cls.search_space()
+                info.search_space = {k: repr(v) for k, v in space.items()}
+                info.search_space_summary = {k: summarize_distribution(v) for k, v in space.items()}
             except Exception as exc:
                 info.status, info.error = "broken", str(exc)
+                info.error_summary = getattr(exc, "summary", None) or f"{type(exc).__name__}: {exc}"
             rows.append(info)
     return rows
+
+
+def summarize_distribution(dist: Any) -> str:
+    """A short form of an Optuna distribution for tables: ``int 1..8``, ``float 1e-05..0.1 log``,
+    ``{none, stable}``."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return "{" + ", ".join(str(c) for c in dist.choices) + "}"
+    if isinstance(dist, (IntDistribution, FloatDistribution)):
+        kind = "int" if isinstance(dist, IntDistribution) else "float"
+        text = f"{kind} {dist.low:g}..{dist.high:g}"
+        if dist.log:
+            text += " log"
+        if dist.step is not None and not (kind == "int" and dist.step == 1):
+            text += f" step {dist.step:g}"
+        return text
+    return repr(dist)

@@ -40,9 +40,23 @@ def resolve_storage(option: str | None, spec: StudySpec | None = None) -> str:
     return option or os.environ.get(STORAGE_ENV) or (spec.storage if spec else None) or DEFAULT_STORAGE
 
 
-def open_storage(url: str, *, heartbeat_interval: int | None = None, max_retry: int = 1):
+def _storage_file(url: str) -> str | None:
+    """The local file behind a SQLite or journal URL (None for server databases)."""
+    if url.startswith("journal://") or url.endswith((".log", ".journal")):
+        return url.removeprefix("journal://")
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return url.removeprefix("sqlite:///").split("?")[0]
+    return None
+
+
+def open_storage(url: str, *, heartbeat_interval: int | None = None, max_retry: int = 1, create: bool = True):
     """An Optuna storage for ``url``: RDB (sqlite, postgresql, ...) or a journal file (``*.log`` or
-    ``journal:///path``). RDB storages get heartbeats, so a trial whose worker died is failed and retried."""
+    ``journal:///path``). RDB storages get heartbeats, so a trial whose worker died is failed and retried.
+    With ``create=False`` a missing SQLite or journal file is an error instead of a new empty storage
+    (reading commands must not leave files behind)."""
+    path = _storage_file(url)
+    if not create and path is not None and not os.path.exists(path):
+        raise UsageError(f"no storage at {mask_uri(url)}: {path} does not exist (create a study first)")
     try:
         if url.startswith("journal://") or url.endswith((".log", ".journal")):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -151,7 +165,7 @@ def load_study(
     name: str, storage_url: str, *, heartbeat_interval: int | None = None, worker_index: int = 0
 ) -> tuple[optuna.Study, StudySpec]:
     """Open an existing koopsweep study and the spec stored in it."""
-    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
+    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval, create=False)
     names = _study_names(storage)
     if name not in names:
         listing = ", ".join(names) if names else "none"
@@ -169,7 +183,7 @@ def load_study(
 
 
 def delete_study(name: str, storage_url: str) -> None:
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, create=False)
     if name not in _study_names(storage):
         raise UsageError(f"no study named {name!r} in {mask_uri(storage_url)}")
     optuna.delete_study(study_name=name, storage=storage)

@@ -44,7 +44,7 @@ def test_create_run_show_and_track(tiny_spec, workdir):
 
     # Optuna's own CLI reads the study koopsweep wrote.
     out = subprocess.run(
-        [sys.executable, "-m", "optuna", "trials", "--storage", "sqlite:///koopsweep.db", "--study-name", "tiny", "-f", "json"],
+        [str(Path(sys.executable).with_name("optuna")), "trials", "--storage", "sqlite:///koopsweep.db", "--study-name", "tiny", "-f", "json"],
         capture_output=True, text=True, cwd=workdir, check=True,
     )
     trials = json.loads(out.stdout)
@@ -84,7 +84,13 @@ def test_run_with_a_spec_creates_the_study_and_rerun_does_nothing(tiny_spec):
 def test_unknown_study_and_bad_spec_are_one_line_errors(workdir):
     result = invoke("study", "show", "nope")
     assert result.exit_code == 2
-    assert "no study named 'nope'" in result.output and "Traceback" not in result.output
+    assert "does not exist" in result.output and "Traceback" not in result.output
+    assert not (workdir / "koopsweep.db").exists()  # reading never creates a storage
+    (workdir / "ok.toml").write_text('name = "ok"\ntask = "digits-mlp"\n')
+    assert invoke("study", "create", "ok.toml").exit_code == 0
+    result = invoke("study", "show", "nope")
+    assert result.exit_code == 2 and "no study named 'nope'" in result.output and "ok" in result.output
+    (workdir / "koopsweep.db").unlink()
     (workdir / "bad.toml").write_text('name = "b"\ntask = "no-such-task"\n')
     result = invoke("study", "create", "bad.toml")
     assert result.exit_code == 2 and "no-such-task" in result.output and "available" in result.output
