@@ -374,7 +374,8 @@ def _bench_table(report: dict):
 
     s = report["settings"]
     table = Table(title=f"{s['task']}: {s['variant']} ({s['device_name']}, {s['seeds']} seeds, budget {s['budget']})")
-    for column in ("optimizer", "median speedup", "IQR", "reached", "step speedup", "window-local", "accepted", "fit/step"):
+    table.add_column("optimizer", no_wrap=True, min_width=8)
+    for column in ("speedup (median)", "IQR", "reached", "in steps", "window-local", "accepted", "fit/step"):
         table.add_column(column)
 
     def num(value, fmt="{:.2f}"):

@@ -1,0 +1,73 @@
+"""`koopsweep bench`: the report's shape, its arithmetic, and paired baselines that repeat exactly."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from koopsweep.bench import BenchSettings, run_bench, split_params
+from koopsweep.cli import main
+from koopsweep.errors import UsageError
+from koopsweep.tasks.digits import DigitsMLP
+from koopsweep.training import train
+
+RESULT_KEYS = {
+    "optimizer", "seed", "baseline_time_s", "koopman_time_s", "speedup", "step_speedup", "target_loss",
+    "baseline_final_loss", "koopman_final_loss", "acceptance_rate", "reached",
+}  # fmt: skip
+SUMMARY_KEYS = {"median_speedup", "speedup_iqr", "reached_fraction", "median_step_speedup", "window_local_speedup"}
+
+
+def test_bench_cli_writes_the_json_report(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        main,
+        ["bench", "digits-mlp", "--variant", "dmd-global", "--param", "window=6", "--param", "horizon=20",
+         "--param", "verify.tol=0.01", "--optimizer", "adam", "--optimizer", "adadelta", "--seeds", "2",
+         "--budget", "40", "--device", "cpu", "--json", str(out)],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["koopman"]["window"] == 6 and report["settings"]["koopman"]["verify.tol"] == 0.01
+    assert len(report["results"]) == 4
+    assert {r["first"] for r in report["results"]} == {"baseline", "koopman"}  # alternating order
+    for record in report["results"]:
+        assert RESULT_KEYS <= set(record)
+        if record["reached"]:
+            assert record["speedup"] == pytest.approx(record["baseline_time_s"] / record["koopman_time_s"])
+        else:
+            assert record["speedup"] is None and record["koopman_time_s"] is None
+    assert set(report["summary"]) == {"adam", "adadelta"}
+    for row in report["summary"].values():
+        assert SUMMARY_KEYS <= set(row)
+        assert 0.0 <= row["reached_fraction"] <= 1.0
+    assert "IQR" in result.output and "adadelta" in result.output
+
+
+def test_baseline_curves_are_identical_for_the_same_seed_on_cpu():
+    task = DigitsMLP()
+    runs = [
+        train(task, optimizer="adam", lr=1e-3, seed=3, device=torch.device("cpu"), max_steps=30, eval_every=5)
+        for _ in range(2)
+    ]
+    assert [p.loss for p in runs[0].curve] == [p.loss for p in runs[1].curve]
+    assert [p.step for p in runs[0].curve] == list(range(0, 31, 5))
+
+
+def test_param_sorting_and_errors():
+    config, task_params = split_params("dmd-global", {"window": 8, "rank": 3, "task.hidden": 16, "verify.tol": 0.1})
+    assert config.window == 8 and config.variant_params == {"rank": 3}
+    assert config.fallback_params == {"tol": 0.1} and task_params == {"hidden": 16}
+    with pytest.raises(UsageError, match="not a parameter of variant"):
+        split_params("dmd-global", {"bogus": 1})
+    with pytest.raises(UsageError, match="fallback rule is 'verify'"):
+        split_params("dmd-global", {"backtrack.tol": 0.1})
+    with pytest.raises(UsageError, match="unknown optimizer"):
+        run_bench(BenchSettings(task="digits-mlp", optimizers=["lbfgs"], seeds=1))
+
+
+def test_bad_param_syntax_is_a_usage_error():
+    result = CliRunner().invoke(main, ["bench", "digits-mlp", "--param", "window"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
