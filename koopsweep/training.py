@@ -146,6 +146,7 @@ def train(
     clock passes ``max_time_s`` ("time-cap"), when the loss stops being finite ("diverged"), or when
     ``on_checkpoint`` returns True ("pruned").
     """
+    task.prepare(device)
     model = task.build_model(seed).to(device)
     inner = make_optimizer(optimizer, model.parameters(), lr)
     stepper: Any = inner
@@ -154,6 +155,7 @@ def train(
 
         stepper = KoopmanAccelerator(inner, **koopman.accelerator_kwargs())
     batches = task.batches(seed, device)
+    first_batch = next(batches)  # generators start lazily: set the stream up before the clock runs
     eval_every = eval_every or task.checkpoint_interval(max_steps)
     clock = Stopwatch(device)
     curve: list[Checkpoint] = []
@@ -182,7 +184,7 @@ def train(
     if stopped == "budget":
         clock.start()
         for step in range(1, max_steps + 1):
-            batch = next(batches)
+            batch = first_batch if step == 1 else next(batches)
 
             def closure(batch=batch) -> torch.Tensor:
                 stepper.zero_grad()

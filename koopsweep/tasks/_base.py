@@ -45,6 +45,10 @@ class Task(Configurable, abc.ABC):
     def eval_loss(self, model: torch.nn.Module, device: torch.device) -> float:
         """The loss on a fixed evaluation set (the same for every seed), without gradients."""
 
+    def prepare(self, device: torch.device) -> None:
+        """Load or generate the data and put it on ``device`` now. Optional: the training loop calls it
+        before any clock starts, so that neither side of a comparison pays for loading."""
+
     def checkpoint_interval(self, budget: int) -> int:
         """Gradient steps between evaluation checkpoints for a run of ``budget`` steps."""
         return self.eval_every or max(1, budget // 50)
