@@ -7,7 +7,6 @@ the DMD variants; one test runs the real ``dmd-global``.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -285,8 +284,6 @@ def test_exact_variant_lands_where_gradient_descent_would(fallback, stride, burn
 
 @pytest.mark.parametrize("fallback", ["none", "verify"])
 def test_dmd_global_lands_where_gradient_descent_would(fallback):
-    if importlib.util.find_spec("koopsweep.variants._dmd") is None:
-        pytest.skip("koopsweep.variants._dmd (dmd-global) is not in the tree yet")
     problem = Quadratic()  # 7 parameters over three tensors
     window, horizon = problem.w_star.numel() + 4, 30
     params = problem.params()
@@ -578,8 +575,6 @@ def test_smoke_with_common_optimizers(optimizer, fallback):
 
 @pytest.mark.parametrize("optimizer", sorted(SMOKE_OPTIMIZERS))
 def test_smoke_dmd_global_with_common_optimizers(optimizer):
-    if importlib.util.find_spec("koopsweep.variants._dmd") is None:
-        pytest.skip("koopsweep.variants._dmd (dmd-global) is not in the tree yet")
     data = batches(40)
     model, acc, losses = run_mlp(
         SMOKE_OPTIMIZERS[optimizer], data,
