@@ -152,10 +152,22 @@ def study_create(spec_file: str, storage: str | None) -> None:
 @click.argument("target", metavar="SPEC_OR_NAME")
 @click.option("--n-trials", type=click.IntRange(min=1), help="Trials to run now (default: what the spec's n_trials still lacks).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting new trials after this many seconds.")
-@click.option("--device", "device", help="auto, cpu, cuda or cuda:N (default: the spec's).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes sharing the storage.")
+@click.option("--devices", help="Comma-separated devices (cpu, cuda, cuda:N) given to the workers in turn (default: the spec's).")
+@click.option("--heartbeat-interval", type=click.IntRange(min=1), help="Seconds between heartbeats (RDB storages): a trial whose worker died is failed and retried after twice that.")
+@click.option("--until-total", type=int, hidden=True)
+@click.option("--worker-index", type=int, default=0, hidden=True)
+@click.option("--quiet", is_flag=True, hidden=True)
 @STORAGE_OPTION
-def study_run(target: str, n_trials: int | None, timeout: float | None, device: str | None, storage: str | None) -> None:
-    """Run trials of a study, creating it first when SPEC_OR_NAME is a spec file and it does not exist yet."""
+def study_run(
+    target: str, n_trials: int | None, timeout: float | None, jobs: int, devices: str | None,
+    heartbeat_interval: int | None, until_total: int | None, worker_index: int, quiet: bool, storage: str | None,
+) -> None:  # fmt: skip
+    """Run trials of a study, creating it first when SPEC_OR_NAME is a spec file and it does not exist yet.
+
+    With --jobs J, J worker processes share the study through its storage, each on the next device of
+    --devices. Workers on other hosts join with 'koopsweep study run NAME --storage URL'.
+    """
     from koopsweep import spec as specs
     from koopsweep import sweep
 
@@ -167,49 +179,102 @@ def study_run(target: str, n_trials: int | None, timeout: float | None, device: 
             study_obj, stored = sweep.load_study(spec.name, url)
         except KoopsweepError:
             sweep.create_study(spec, url)
-            study_obj, stored = sweep.load_study(spec.name, url)
             click.echo(f"created study {spec.name!r} in {sweep.mask_uri(url)}", err=True)
-        else:
-            if stored.dumps() != spec.dumps():
-                raise KoopsweepError(
-                    f"study {spec.name!r} already exists with a different spec than {target}; "
-                    f"give the spec a new name, or 'koopsweep study delete {spec.name}' first"
-                )
-        spec = stored
+            study_obj, stored = sweep.load_study(spec.name, url)
+        if stored.dumps() != spec.dumps():
+            raise KoopsweepError(
+                f"study {spec.name!r} already exists with a different spec than {target}; "
+                f"give the spec a new name, or 'koopsweep study delete {spec.name}' first"
+            )
     else:
         url = sweep.resolve_storage(storage)
-        study_obj, spec = sweep.load_study(target, url)
-    remaining = n_trials if n_trials is not None else spec.n_trials - sweep.finished_trials(study_obj)
+        study_obj, stored = sweep.load_study(target, url)
+    if heartbeat_interval or worker_index:
+        study_obj, stored = sweep.load_study(
+            stored.name, url, heartbeat_interval=heartbeat_interval, worker_index=worker_index
+        )
+    spec = stored
+    device_list = [d.strip() for d in (devices or spec.device).split(",") if d.strip()]
+    finished = sweep.finished_trials(study_obj)
+    remaining = n_trials if n_trials is not None else spec.n_trials - finished
     if remaining <= 0:
-        click.echo(f"study {spec.name!r} already has its {spec.n_trials} trials; use --n-trials N to run more", err=True)
+        if not quiet:
+            click.echo(f"study {spec.name!r} already has its {spec.n_trials} trials; use --n-trials N to run more", err=True)
+    elif jobs == 1:
+        total = until_total if until_total is not None else finished + remaining
+        if quiet:
+            sweep.run_worker(study_obj, spec, n_trials=remaining, timeout=timeout, device_name=device_list[0], until_total=total)
+        else:
+            _run_with_progress(study_obj, spec, remaining, timeout, device_list[0], total)
     else:
-        _run_with_progress(study_obj, spec, remaining, timeout, device)
-    _print_summary(study_obj, spec, as_json=False)
+        _run_workers(study_obj, spec, url, remaining, finished + remaining, timeout, jobs, device_list, heartbeat_interval)
+    if not quiet:
+        _print_summary(study_obj, spec, as_json=False)
 
 
-def _run_with_progress(study_obj, spec, n_trials: int, timeout: float | None, device: str | None) -> None:
+def _progress_bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from koopsweep import sweep
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[best]}"),
+    )  # fmt: skip
+
+
+def _best_label(study_obj, spec) -> str:
     from koopsweep.measure import format_speedup
 
-    best: list[float] = []
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[best]}"),
-    ) as progress:
+    values = [t.values[0] for t in study_obj.get_trials(deepcopy=False) if t.values]
+    return f"best speedup vs {spec.primary_baseline}: {format_speedup(max(values))}" if values else ""
+
+
+def _run_with_progress(study_obj, spec, n_trials: int, timeout: float | None, device: str, total: int) -> None:
+    from koopsweep import sweep
+
+    with _progress_bar() as progress:
         bar = progress.add_task(f"study {spec.name}", total=n_trials, best="")
 
         def on_trial(study, trial) -> None:
-            if trial.values:
-                best.append(trial.values[0])
-            label = f"best speedup vs {spec.primary_baseline}: {format_speedup(max(best))}" if best else ""
-            progress.update(bar, advance=1, best=label)
+            progress.update(bar, advance=1, best=_best_label(study, spec))
 
-        sweep.run_worker(study_obj, spec, n_trials=n_trials, timeout=timeout, device_name=device, callbacks=[on_trial])
+        sweep.run_worker(
+            study_obj, spec, n_trials=n_trials, timeout=timeout, device_name=device, callbacks=[on_trial],
+            until_total=total,
+        )  # fmt: skip
+
+
+def _run_workers(study_obj, spec, url, n_trials, total, timeout, jobs, devices, heartbeat_interval) -> None:
+    """Start ``jobs`` worker processes and follow the shared study until they all exit."""
+    import subprocess
+    import time
+
+    from koopsweep import sweep
+
+    start = sweep.finished_trials(study_obj)
+    workers = [
+        subprocess.Popen(
+            sweep.worker_command(
+                spec.name, url, n_trials=n_trials, until_total=total, device=devices[i % len(devices)],
+                index=i + 1, timeout=timeout, heartbeat_interval=heartbeat_interval,
+            )  # fmt: skip
+        )
+        for i in range(jobs)
+    ]
+    try:
+        with _progress_bar() as progress:
+            bar = progress.add_task(f"study {spec.name} ({jobs} workers)", total=n_trials, best="")
+            while any(w.poll() is None for w in workers):
+                time.sleep(1.0)
+                done = sweep.finished_trials(study_obj) - start
+                progress.update(bar, completed=min(done, n_trials), best=_best_label(study_obj, spec))
+            progress.update(bar, completed=min(sweep.finished_trials(study_obj) - start, n_trials))
+    except KeyboardInterrupt:
+        for w in workers:
+            w.terminate()
+        raise
+    failed = [w.returncode for w in workers if w.returncode != 0]
+    if failed:
+        raise KoopsweepError(f"{len(failed)} of {jobs} workers failed (exit codes {failed}); see their messages above")
 
 
 def _print_summary(study_obj, spec, *, as_json: bool) -> None:

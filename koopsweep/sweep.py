@@ -394,6 +394,27 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
+class StopAtTotal:
+    """Stops a worker once the study holds ``total`` trials, finished or running, so that workers in
+    other processes or on other hosts share one target. (Two workers checking at the same instant may
+    each start one more trial: the overshoot is at most the number of workers minus one.)"""
+
+    STATES = (
+        optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING,
+    )  # fmt: skip
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def reached(self, study: optuna.Study) -> bool:
+        return len(study.get_trials(deepcopy=False, states=self.STATES)) >= self.total
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.reached(study):
+            study.stop()
+
+
 def run_worker(
     study: optuna.Study,
     spec: StudySpec,
@@ -403,8 +424,10 @@ def run_worker(
     device_name: str | None = None,
     callbacks: list[Callable] | None = None,
     tracking_uri: str | None = None,
+    until_total: int | None = None,
 ) -> None:
-    """Run trials of ``study`` in this process until ``n_trials`` more have finished or time runs out."""
+    """Run trials of ``study`` in this process until ``n_trials`` more have finished, the study holds
+    ``until_total`` trials, or time runs out."""
     from koopsweep.devices import resolve_device
 
     device = resolve_device(device_name or spec.device)
@@ -422,12 +445,37 @@ def run_worker(
             "start the tracking server or set MLFLOW_TRACKING_URI, then run again"
         ) from None
     objective = Objective(spec, device, tracker, parent)
+    callbacks = list(callbacks or [])
+    if until_total is not None:
+        stopper = StopAtTotal(until_total)
+        if stopper.reached(study):
+            return
+        callbacks.append(stopper)
     study.optimize(
         objective,
         n_trials=n_trials,
         timeout=timeout,
         catch=(TrialFailed,),
-        callbacks=callbacks or [],
+        callbacks=callbacks,
         gc_after_trial=False,
         show_progress_bar=False,
     )
+
+
+def worker_command(
+    name: str, storage_url: str, *, n_trials: int, until_total: int, device: str, index: int,
+    timeout: float | None, heartbeat_interval: int | None,
+) -> list[str]:  # fmt: skip
+    """The command line of one worker process (the same `study run`, told its share and its device)."""
+    import sys
+
+    command = [
+        sys.executable, "-m", "koopsweep", "study", "run", name, "--storage", storage_url,
+        "--n-trials", str(n_trials), "--until-total", str(until_total), "--devices", device,
+        "--worker-index", str(index), "--quiet",
+    ]  # fmt: skip
+    if timeout is not None:
+        command += ["--timeout", str(timeout)]
+    if heartbeat_interval is not None:
+        command += ["--heartbeat-interval", str(heartbeat_interval)]
+    return command

@@ -103,3 +103,28 @@ def test_the_shipped_quickstart_spec_is_valid():
     spec = load_spec(REPO / "studies" / "quickstart.toml")
     check_plugins(spec)
     assert spec.name == "quickstart" and spec.task == "digits-mlp"
+
+
+def test_two_worker_processes_share_one_sqlite_study(tiny_spec, workdir):
+    import optuna
+
+    tiny_spec.write_text(tiny_spec.read_text().replace("n_trials = 2", "n_trials = 4"))
+    assert invoke("study", "create", str(tiny_spec)).exit_code == 0
+    ran = invoke("study", "run", "tiny", "--jobs", "2")
+    assert ran.exit_code == 0, ran.output
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///koopsweep.db")
+    trials = study.get_trials(deepcopy=False)
+    # Every requested trial finished, none failed; two workers may overshoot by at most one trial.
+    assert 4 <= len(trials) <= 5
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    # Distinct sampler streams: the workers did not draw identical configurations.
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
+    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=200)
+    parent = [r for r in runs if r.data.tags.get("koopsweep.role") == "study"]
+    assert len(parent) == 1
+    trial_runs = [r for r in runs if r.data.tags.get("koopsweep.role") == "trial"]
+    assert len(trial_runs) == len(trials)
+    assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {parent[0].info.run_id}

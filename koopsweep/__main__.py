@@ -1,0 +1,5 @@
+"""``python -m koopsweep``: the same command line as the ``koopsweep`` script."""
+
+from koopsweep.cli import main
+
+main()
