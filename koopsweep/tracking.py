@@ -132,3 +132,59 @@ def _param_value(value: Any) -> str:
 def _chunks(items: Sequence, size: int):
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
+
+
+def runs_page_url(base_url: str, tracking_uri: str, study_name: str | None) -> str:
+    """The MLflow UI page listing a study's runs (the bare experiment URL opens an empty overview)."""
+    if not study_name:
+        return base_url
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(study_name)
+    if experiment is None:
+        return base_url
+    return f"{base_url}/#/experiments/{experiment.experiment_id}/runs"
+
+
+def start_ui_server(tracking_uri: str, *, host: str = "127.0.0.1", port: int = 5000, timeout: float = 60.0):
+    """Start ``mlflow server`` on ``tracking_uri`` and return its process once it answers /health."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from koopsweep.errors import KoopsweepError
+
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            error = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else ""
+            raise KoopsweepError(f"mlflow server exited with status {process.returncode}: {error.strip()}")
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.5)
+    stop_server(process)
+    raise KoopsweepError(f"mlflow server did not answer on {host}:{port} within {timeout:.0f} s")
+
+
+def stop_server(process) -> None:
+    """Stop a server started by `start_ui_server`, with its worker processes."""
+    import signal
+
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=15)
+        except Exception:
+            os.killpg(process.pid, signal.SIGKILL)
