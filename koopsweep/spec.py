@@ -21,7 +21,7 @@ from koopsweep.errors import SpecError
 
 OPTIMIZER_NAMES = ("adam", "adadelta", "sgd", "adagrad")
 SAMPLERS = ("tpe", "random", "gp", "nsga2")
-PRUNERS = ("median", "percentile", "hyperband", "none")
+PRUNERS = ("median", "percentile", "hyperband", "threshold", "none")
 OBJECTIVES = ("speedup", "speedup-and-gap")
 TARGETS = ("final", "relative")
 

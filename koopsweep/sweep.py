@@ -110,6 +110,7 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         "median": optuna.pruners.MedianPruner,
         "percentile": optuna.pruners.PercentilePruner,
         "hyperband": optuna.pruners.HyperbandPruner,
+        "threshold": optuna.pruners.ThresholdPruner,
         "none": optuna.pruners.NopPruner,
     }
     if name == "median":

@@ -128,3 +128,26 @@ def test_two_worker_processes_share_one_sqlite_study(tiny_spec, workdir):
     trial_runs = [r for r in runs if r.data.tags.get("koopsweep.role") == "trial"]
     assert len(trial_runs) == len(trials)
     assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {parent[0].info.run_id}
+
+
+def test_pruned_trials_are_recorded_as_pruned(tiny_spec, workdir):
+    import optuna
+
+    # A threshold no trial can reach: every trial is pruned at its first intermediate report.
+    tiny_spec.write_text(tiny_spec.read_text() + '\n[pruner]\nname = "threshold"\nargs = {lower = 1000.0}\n')
+    ran = invoke("study", "run", str(tiny_spec), "--n-trials", "1")
+    assert ran.exit_code == 0, ran.output
+    [trial] = optuna.load_study(study_name="tiny", storage="sqlite:///koopsweep.db").get_trials()
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values
+    run = MlflowClient(tracking_uri="sqlite:///mlflow.db").get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+
+
+def test_two_objectives_give_a_pareto_front(tiny_spec, workdir):
+    tiny_spec.write_text(tiny_spec.read_text().replace('name = "tiny"', 'name = "tiny"\nobjective = "speedup-and-gap"')
+                         + '\n[pruner]\nname = "none"\n')  # fmt: skip
+    ran = invoke("study", "run", str(tiny_spec), "--n-trials", "2")
+    assert ran.exit_code == 0, ran.output
+    summary = json.loads(invoke("study", "show", "tiny", "--json").stdout)
+    assert summary["directions"] == ["maximize", "minimize"]
+    assert summary["best_trials"] and all("loss_gap" in row for row in summary["best_trials"])
