@@ -250,14 +250,19 @@ def _run_workers(study_obj, spec, url, n_trials, total, timeout, jobs, devices, 
 
     from koopsweep import sweep
 
+    import os
+
     start = sweep.finished_trials(study_obj)
+    # CPU workers share the cores instead of each starting one thread per core.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))}
     workers = [
         subprocess.Popen(
             sweep.worker_command(
                 spec.name, url, n_trials=n_trials, until_total=total, device=devices[i % len(devices)],
                 index=i + 1, timeout=timeout, heartbeat_interval=heartbeat_interval,
-            )  # fmt: skip
-        )
+            ),
+            env=env,
+        )  # fmt: skip
         for i in range(jobs)
     ]
     try:
