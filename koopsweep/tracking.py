@@ -25,8 +25,16 @@ STUDY_TAG = "koopsweep.study"
 
 
 def resolve_tracking_uri(spec_uri: str | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the spec's, else ``sqlite:///mlflow.db`` here."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or DEFAULT_TRACKING_URI
+    """``MLFLOW_TRACKING_URI`` if set, else the spec's, else ``sqlite:///mlflow.db`` here.
+
+    A relative SQLite path is made absolute: MLflow caches one database engine per URI string for
+    the life of the process, so a relative URI would keep pointing at the first folder it was used in.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        uri = prefix + os.path.abspath(uri[len(prefix) :])
+    return uri
 
 
 def mask_uri(uri: str) -> str:

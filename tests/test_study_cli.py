@@ -51,7 +51,7 @@ def test_create_run_show_and_track(tiny_spec, workdir):
     assert len(trials) == 2 and all(t["state"] in ("COMPLETE", "PRUNED", "FAIL") for t in trials)
 
     # MLflow: one parent run for the study, one child per trial and per baseline run.
-    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("koopsweep.role") == "study"]
@@ -120,7 +120,7 @@ def test_two_worker_processes_share_one_sqlite_study(tiny_spec, workdir):
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     # Distinct sampler streams: the workers did not draw identical configurations.
     assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
-    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id], max_results=200)
     parent = [r for r in runs if r.data.tags.get("koopsweep.role") == "study"]
@@ -139,7 +139,7 @@ def test_pruned_trials_are_recorded_as_pruned(tiny_spec, workdir):
     assert ran.exit_code == 0, ran.output
     [trial] = optuna.load_study(study_name="tiny", storage="sqlite:///koopsweep.db").get_trials()
     assert trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values
-    run = MlflowClient(tracking_uri="sqlite:///mlflow.db").get_run(trial.user_attrs["mlflow_run_id"])
+    run = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}").get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
 
 
