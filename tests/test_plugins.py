@@ -456,6 +456,8 @@ def test_import_koopsweep_and_listing_names_do_not_import_torch():
         "from koopsweep.cli import main\n"
         "assert all(plugins.available(kind) for kind in plugins.GROUPS)\n"
         "assert 'torch' not in sys.modules, 'plugins.available() or importing the CLI imported torch'\n"
+        "assert all(row.status == 'ok' for row in plugins.describe(['fallbacks']))\n"
+        "assert 'torch' not in sys.modules, 'listing the fallback rules imported torch'\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]

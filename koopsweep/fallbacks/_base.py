@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
-
-import torch
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from koopsweep._params import Configurable
+
+if TYPE_CHECKING:  # rules only pass tensors through; listing the rules must not import torch
+    import torch
 
 
 class JumpProposal(Protocol):
