@@ -4,7 +4,8 @@ For each inner optimizer and seed, the plain optimizer and the accelerated one t
 on the same batch stream, back to back in this process on one device, alternating which goes first so
 that slow drift of a shared machine does not favour either side. The accelerated run trains at least
 the baseline's budget (so its final loss is comparable at equal gradient steps) and, if it has not yet
-reached the baseline's target, goes on up to ``cap_factor`` times the budget and time.
+reached the baseline's target, goes on up to ``cap_factor`` times the budget and time. When it goes
+first it is paused at the budget, the baseline runs, and it resumes only if it must.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from koopsweep import plugins
 from koopsweep.devices import device_label, resolve_device
 from koopsweep.errors import UsageError
 from koopsweep.measure import compare, iqr, median, target_loss
-from koopsweep.training import OPTIMIZERS, KoopmanConfig, train
+from koopsweep.training import OPTIMIZERS, KoopmanConfig, TrainingRun, train
 
 SHARED_KEYS = ("window", "horizon", "fallback", "stride", "burn_in", "reset_state")
 
@@ -91,21 +92,17 @@ def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None
         for seed in range(settings.seeds):
             common = dict(optimizer=optimizer, lr=lr, seed=seed, device=device, eval_every=eval_every)
             koopman_first = seed % 2 == 1
+            run = TrainingRun(task, koopman=config, **common)
             if koopman_first:
-                # The target is not known yet: run the whole cap, then measure from the curve.
-                koopman = train(task, max_steps=cap_steps, koopman=config, **common)
+                # Train the accelerated side for the baseline's budget, then the baseline, then go on
+                # with the accelerated run only as far as reaching the baseline's target needs.
+                run.advance(budget)
                 baseline = train(task, max_steps=budget, **common)
             else:
                 baseline = train(task, max_steps=budget, **common)
-                koopman = train(
-                    task,
-                    max_steps=cap_steps,
-                    koopman=config,
-                    stop_below=target_loss(baseline, settings.target),
-                    min_steps=budget,
-                    max_time_s=settings.cap_factor * baseline.time_s,
-                    **common,
-                )
+            target = target_loss(baseline, settings.target)
+            run.advance(cap_steps, stop_below=target, min_steps=budget, max_time_s=settings.cap_factor * baseline.time_s)
+            koopman = run.result()
             c = compare(baseline, koopman, target=settings.target)
             at_budget = next((p.loss for p in koopman.curve if p.step >= budget), koopman.final_loss)
             results.append(

@@ -124,6 +124,125 @@ class RunResult:
 CheckpointHook = Callable[[Checkpoint], bool | None]
 
 
+class TrainingRun:
+    """One run of a task, advanced in one or more segments on a clock that only runs while it trains.
+
+    Segments let a measurement pause a run and resume it later (the bench runs the accelerated side
+    up to the baseline's budget, then the baseline, then continues the accelerated run only if it has
+    not reached the baseline's target yet). Data loading, model construction and the first batch all
+    happen before the clock first starts.
+    """
+
+    #: Reasons after which a run cannot continue.
+    TERMINAL = ("diverged", "pruned")
+
+    def __init__(
+        self,
+        task: Task,
+        *,
+        optimizer: str,
+        lr: float,
+        seed: int,
+        device: torch.device,
+        koopman: KoopmanConfig | None = None,
+        eval_every: int,
+        on_checkpoint: CheckpointHook | None = None,
+    ) -> None:
+        self.task, self.optimizer_name, self.lr, self.seed = task, optimizer, lr, seed
+        self.device, self.koopman, self.eval_every, self.on_checkpoint = device, koopman, eval_every, on_checkpoint
+        task.prepare(device)
+        self.model = task.build_model(seed).to(device)
+        inner = make_optimizer(optimizer, self.model.parameters(), lr)
+        self.stepper: Any = inner
+        if koopman is not None:
+            from koopsweep.accelerator import KoopmanAccelerator
+
+            self.stepper = KoopmanAccelerator(inner, **koopman.accelerator_kwargs())
+        self.batches = task.batches(seed, device)
+        self._next_batch = next(self.batches)  # generators start lazily: set the stream up now
+        self.clock = Stopwatch(device)
+        self.curve: list[Checkpoint] = []
+        self.steps = 0
+        self.stopped = "budget"
+        self._evaluate()
+
+    def _evaluate(self) -> Checkpoint:
+        """Evaluate with the clock stopped and record a checkpoint."""
+        elapsed = self.clock.pause()
+        point = Checkpoint(self.steps, elapsed, self.task.eval_loss(self.model, self.device))
+        if self.koopman is not None:
+            stats = self.stepper.stats
+            point.jumps_tried, point.jumps_accepted = stats.jumps_tried, stats.jumps_accepted
+            point.evaluations = stats.evaluations
+            point.fit_time_s = stats.fit_time_s + stats.predict_time_s
+        self.curve.append(point)
+        if not math.isfinite(point.loss):
+            self.stopped = "diverged"
+        elif self.on_checkpoint is not None and self.on_checkpoint(point):
+            self.stopped = "pruned"
+        return point
+
+    def _should_stop(self, stop_below: float | None, min_steps: int, max_time_s: float | None) -> str | None:
+        if self.stopped in self.TERMINAL:
+            return self.stopped
+        point = self.curve[-1]
+        if stop_below is not None and point.loss <= stop_below and point.step >= min_steps:
+            return "target"
+        if max_time_s is not None and point.time_s >= max_time_s:
+            return "time-cap"
+        return None
+
+    def advance(
+        self,
+        max_steps: int,
+        *,
+        stop_below: float | None = None,
+        min_steps: int = 0,
+        max_time_s: float | None = None,
+    ) -> str:
+        """Train until ``max_steps`` inner steps in all, or until a checkpoint shows the loss at or
+        below ``stop_below`` after ``min_steps`` ("target"), the clock past ``max_time_s``
+        ("time-cap"), a non-finite loss ("diverged") or a pruning request ("pruned"). Returns why."""
+        self.stopped = self._should_stop(stop_below, min_steps, max_time_s) or "budget"
+        if self.stopped != "budget":
+            return self.stopped
+        task, model, stepper = self.task, self.model, self.stepper
+        self.clock.start()
+        while self.steps < max_steps:
+            batch, self._next_batch = self._next_batch, None
+            if batch is None:
+                batch = next(self.batches)
+
+            def closure(batch=batch) -> torch.Tensor:
+                stepper.zero_grad()
+                loss = task.loss(model, batch)
+                loss.backward()
+                return loss
+
+            stepper.step(closure)
+            self.steps += 1
+            if self.steps % self.eval_every == 0 or self.steps == max_steps:
+                self._evaluate()
+                reason = self._should_stop(stop_below, min_steps, max_time_s)
+                if reason:
+                    self.stopped = reason
+                    return reason
+                self.clock.start()
+        self.clock.pause()
+        return self.stopped
+
+    def result(self) -> RunResult:
+        result = RunResult(
+            self.optimizer_name, self.lr, self.seed, str(self.device), self.koopman, self.curve, self.stopped
+        )
+        if self.koopman is not None:
+            result.stats = self.stepper.stats.to_dict()
+            eigs = self.stepper.stats.last_eigenvalues
+            if eigs is not None:
+                result.eigenvalues = [complex(z) for z in eigs.tolist()]
+        return result
+
+
 def train(
     task: Task,
     *,
@@ -139,70 +258,10 @@ def train(
     max_time_s: float | None = None,
     on_checkpoint: CheckpointHook | None = None,
 ) -> RunResult:
-    """Train ``task`` for up to ``max_steps`` inner optimizer steps.
-
-    Stops early once the evaluation loss is at or below ``stop_below`` after at least ``min_steps``
-    steps ("target"), once the training
-    clock passes ``max_time_s`` ("time-cap"), when the loss stops being finite ("diverged"), or when
-    ``on_checkpoint`` returns True ("pruned").
-    """
-    task.prepare(device)
-    model = task.build_model(seed).to(device)
-    inner = make_optimizer(optimizer, model.parameters(), lr)
-    stepper: Any = inner
-    if koopman is not None:
-        from koopsweep.accelerator import KoopmanAccelerator
-
-        stepper = KoopmanAccelerator(inner, **koopman.accelerator_kwargs())
-    batches = task.batches(seed, device)
-    first_batch = next(batches)  # generators start lazily: set the stream up before the clock runs
-    eval_every = eval_every or task.checkpoint_interval(max_steps)
-    clock = Stopwatch(device)
-    curve: list[Checkpoint] = []
-
-    def checkpoint(step: int) -> str | None:
-        """Evaluate with the clock stopped; return why the run must stop, if it must."""
-        elapsed = clock.pause()
-        point = Checkpoint(step, elapsed, task.eval_loss(model, device))
-        if koopman is not None:
-            stats = stepper.stats
-            point.jumps_tried, point.jumps_accepted = stats.jumps_tried, stats.jumps_accepted
-            point.evaluations = stats.evaluations
-            point.fit_time_s = stats.fit_time_s + stats.predict_time_s
-        curve.append(point)
-        if not math.isfinite(point.loss):
-            return "diverged"
-        if on_checkpoint is not None and on_checkpoint(point):
-            return "pruned"
-        if stop_below is not None and point.loss <= stop_below and step >= min_steps:
-            return "target"
-        if max_time_s is not None and elapsed >= max_time_s:
-            return "time-cap"
-        return None
-
-    stopped = checkpoint(0) or "budget"
-    if stopped == "budget":
-        clock.start()
-        for step in range(1, max_steps + 1):
-            batch = first_batch if step == 1 else next(batches)
-
-            def closure(batch=batch) -> torch.Tensor:
-                stepper.zero_grad()
-                loss = task.loss(model, batch)
-                loss.backward()
-                return loss
-
-            stepper.step(closure)
-            if step % eval_every == 0 or step == max_steps:
-                reason = checkpoint(step)
-                if reason:
-                    stopped = reason
-                    break
-                clock.start()
-    result = RunResult(optimizer, lr, seed, str(device), koopman, curve, stopped)
-    if koopman is not None:
-        result.stats = stepper.stats.to_dict()
-        eigs = stepper.stats.last_eigenvalues
-        if eigs is not None:
-            result.eigenvalues = [complex(z) for z in eigs.tolist()]
-    return result
+    """Train ``task`` for up to ``max_steps`` inner optimizer steps in one segment (see `TrainingRun`)."""
+    run = TrainingRun(
+        task, optimizer=optimizer, lr=lr, seed=seed, device=device, koopman=koopman,
+        eval_every=eval_every or task.checkpoint_interval(max_steps), on_checkpoint=on_checkpoint,
+    )  # fmt: skip
+    run.advance(max_steps, stop_below=stop_below, min_steps=min_steps, max_time_s=max_time_s)
+    return run.result()
