@@ -297,8 +297,10 @@ def _print_summary(study_obj, spec, *, as_json: bool) -> None:
         title=f"study {spec.name} ({spec.task}, inner {spec.optimizer}): {states}",
         caption="speedup: baseline time to its final loss / accelerated time to the same loss, median over seeds",
     )
-    for column in ("trial", "variant", *[f"vs {b}" for b in spec.baselines], "accepted", "fit/step"):
-        table.add_column(column, no_wrap=True)
+    table.add_column("trial", no_wrap=True)
+    table.add_column("variant", no_wrap=True)
+    for column in (*[f"vs {b}" for b in spec.baselines], "accepted", "fit/step"):
+        table.add_column(column)
     table.add_column("parameters", overflow="fold", ratio=1)
     for row in summary["best_trials"]:
         # The variant's own parameters are named "<variant>.<param>": show them without the prefix.

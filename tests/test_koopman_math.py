@@ -122,7 +122,9 @@ def test_window_gram_float32_of_float64_data_and_back():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(6, 50, dtype=F64, generator=g)
     rows = x[1:] - x[:-1]
-    torch.testing.assert_close(window_gram([x], "increments", torch.float32).double(), rows @ rows.T, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        window_gram([x], "increments", torch.float32).double(), rows @ rows.T, rtol=1e-5, atol=1e-4
+    )
     x32 = x.float()
     rows32 = (x32[1:] - x32[:-1]).double()
     torch.testing.assert_close(window_gram([x32], "increments", F64), rows32 @ rows32.T, rtol=1e-12, atol=1e-10)
@@ -150,7 +152,17 @@ def test_state_coefficients_reproduce_row_combinations(center):
 # -- growth factors and eigenvalue bounds ----------------------------------------------------------
 
 LAMBDAS = torch.tensor(
-    [1.0, 0.0, -1.0, 0.5, 1.0 + 1e-13, 1.0 - 1e-9, 0.9 * complex(math.cos(0.7), math.sin(0.7)), complex(0, 1), -0.3 + 0.2j],
+    [
+        1.0,
+        0.0,
+        -1.0,
+        0.5,
+        1.0 + 1e-13,
+        1.0 - 1e-9,
+        0.9 * complex(math.cos(0.7), math.sin(0.7)),
+        complex(0, 1),
+        -0.3 + 0.2j,
+    ],
     dtype=torch.complex128,
 )
 
@@ -199,11 +211,15 @@ def _rotation_system(eigs, seed=0):
     for e in eigs:
         if isinstance(e, complex):
             r, th = abs(e), math.atan2(e.imag, e.real)
-            blocks.append(torch.tensor([[r * math.cos(th), -r * math.sin(th)], [r * math.sin(th), r * math.cos(th)]], dtype=F64))
+            blocks.append(
+                torch.tensor([[r * math.cos(th), -r * math.sin(th)], [r * math.sin(th), r * math.cos(th)]], dtype=F64)
+            )
         else:
             blocks.append(torch.tensor([[e]], dtype=F64))
     d = torch.block_diag(*blocks)
-    q, _ = torch.linalg.qr(torch.randn(d.shape[0], d.shape[0], dtype=F64, generator=torch.Generator().manual_seed(seed)))
+    q, _ = torch.linalg.qr(
+        torch.randn(d.shape[0], d.shape[0], dtype=F64, generator=torch.Generator().manual_seed(seed))
+    )
     return q @ d @ q.T, q
 
 

@@ -39,11 +39,15 @@ def rotation_system(eigs, seed=0):
     for e in eigs:
         if isinstance(e, complex):
             r, th = abs(e), math.atan2(e.imag, e.real)
-            blocks.append(torch.tensor([[r * math.cos(th), -r * math.sin(th)], [r * math.sin(th), r * math.cos(th)]], dtype=F64))
+            blocks.append(
+                torch.tensor([[r * math.cos(th), -r * math.sin(th)], [r * math.sin(th), r * math.cos(th)]], dtype=F64)
+            )
         else:
             blocks.append(torch.tensor([[e]], dtype=F64))
     d = torch.block_diag(*blocks)
-    q, _ = torch.linalg.qr(torch.randn(d.shape[0], d.shape[0], dtype=F64, generator=torch.Generator().manual_seed(seed)))
+    q, _ = torch.linalg.qr(
+        torch.randn(d.shape[0], d.shape[0], dtype=F64, generator=torch.Generator().manual_seed(seed))
+    )
     return q @ d @ q.T, q
 
 
@@ -126,7 +130,9 @@ def test_global_eigenvalues_are_the_system_s(linear_system):
     v.fit(split(states[:WINDOW], SHAPES))
     lam = v.eigenvalues
     assert lam.dtype == torch.complex128 and lam.ndim == 1
-    np.testing.assert_allclose(np.sort_complex(lam.numpy()), np.sort_complex(torch.linalg.eigvals(a).numpy()), atol=1e-9)
+    np.testing.assert_allclose(
+        np.sort_complex(lam.numpy()), np.sort_complex(torch.linalg.eigvals(a).numpy()), atol=1e-9
+    )
 
 
 def test_global_agrees_with_pydmd(linear_system):
@@ -182,7 +188,7 @@ def _unstable_states():
 
 
 def test_max_eig_clip_keeps_an_unstable_mode_bounded_and_one_exact():
-    a, q, states = _unstable_states()
+    _, q, states = _unstable_states()
     shapes = [(5,)]
     free = GlobalDMD(dtype="float64", center="none", max_eig=None)
     clip = GlobalDMD(dtype="float64", center="none", max_eig=1.0, eig_policy="clip")
@@ -223,7 +229,7 @@ def _per_tensor_system(affine: bool):
     parts = []
     for shape, seed in zip(shapes, (1, 2, 3)):
         n = math.prod(shape)
-        eigs = [1.0, 0.85, complex(0.9 * math.cos(0.5 * seed), 0.9 * math.sin(0.5 * seed)), -0.5, 0.7][: n]
+        eigs = [1.0, 0.85, complex(0.9 * math.cos(0.5 * seed), 0.9 * math.sin(0.5 * seed)), -0.5, 0.7][:n]
         if n == 4:
             eigs = [0.95, complex(0.9 * math.cos(1.1), 0.9 * math.sin(1.1)), -0.7]
         if n == 1:
@@ -248,7 +254,9 @@ def test_layer_exact_when_each_tensor_has_its_own_map(center):
 def _node_system(center: str):
     """Nodes of a (3, 4) layer + bias, a (2, 1, 2) 'conv' + bias, and a free vector of 2 elements."""
     g = torch.Generator().manual_seed(0)
-    layer = [(0.6 * torch.eye(k, dtype=F64) + 0.25 * torch.randn(k, k, dtype=F64, generator=g)) / 1.1 for k in (5, 5, 5)]
+    layer = [
+        (0.6 * torch.eye(k, dtype=F64) + 0.25 * torch.randn(k, k, dtype=F64, generator=g)) / 1.1 for k in (5, 5, 5)
+    ]
     conv = [(0.6 * torch.eye(3, dtype=F64) + 0.3 * torch.randn(3, 3, dtype=F64, generator=g)) / 1.2 for _ in range(2)]
     vec = torch.tensor([0.9, -0.5], dtype=F64)
     offset = torch.randn(23, dtype=F64, generator=g) if center == "increments" else torch.zeros(23, dtype=F64)
@@ -289,8 +297,16 @@ def test_node_exact_when_every_node_has_its_own_map(center, max_eig, solver):
 def test_node_layout_pairs_rows_with_their_bias():
     from koopsweep.variants._node import node_units
 
-    units = node_units([torch.Size([3, 4]), torch.Size([3]), torch.Size([2]), torch.Size([2, 1, 2]), torch.Size([2]), torch.Size([])], 0)
-    assert [(u.weight, u.bias, u.rows, u.width) for u in units] == [(0, 1, 3, 5), (2, None, 2, 1), (3, 4, 2, 3), (5, None, 1, 1)]
+    units = node_units(
+        [torch.Size([3, 4]), torch.Size([3]), torch.Size([2]), torch.Size([2, 1, 2]), torch.Size([2]), torch.Size([])],
+        0,
+    )
+    assert [(u.weight, u.bias, u.rows, u.width) for u in units] == [
+        (0, 1, 3, 5),
+        (2, None, 2, 1),
+        (3, 4, 2, 3),
+        (5, None, 1, 1),
+    ]
     units = node_units([torch.Size([2, 6]), torch.Size([2])], 3)
     assert [(u.chunk, u.n_chunks) for u in units] == [(3, 3)]
 
@@ -301,7 +317,13 @@ def test_quasi_nodes_exact_when_each_chunk_has_its_own_map(q):
     g = torch.Generator().manual_seed(q)
     k = 7
     n_chunks = -(-k // q)
-    maps = [[(0.5 * torch.eye(q, dtype=F64) + 0.3 * torch.randn(q, q, dtype=F64, generator=g)) / 1.3 for _ in range(n_chunks)] for _ in range(2)]
+    maps = [
+        [
+            (0.5 * torch.eye(q, dtype=F64) + 0.3 * torch.randn(q, q, dtype=F64, generator=g)) / 1.3
+            for _ in range(n_chunks)
+        ]
+        for _ in range(2)
+    ]
     state = torch.randn(2, n_chunks * q, dtype=F64, generator=g)
     state[:, k:] = 0
     hist = []
@@ -389,7 +411,9 @@ def test_hankel_on_several_tensors_with_delays_exact(linear_system):
     check_predictions(HankelDMD(delays=3, dtype="float64", center="none"), states, SHAPES, horizons=[1, 50])
 
 
-@pytest.mark.parametrize("delays, center, expected", [(1, "none", 2), (2, "increments", 4), (4, "mean", 5), (3, "increments", 5)])
+@pytest.mark.parametrize(
+    "delays, center, expected", [(1, "none", 2), (2, "increments", 4), (4, "mean", 5), (3, "increments", 5)]
+)
 def test_hankel_min_window(delays, center, expected):
     assert HankelDMD(delays=delays, center=center).min_window() == expected
 
@@ -466,7 +490,12 @@ def _variants_for_io():
 @pytest.mark.parametrize("variant", _variants_for_io(), ids=repr)
 def test_outputs_keep_shapes_dtypes_and_devices(variant, device):
     g = torch.Generator().manual_seed(0)
-    base = [torch.randn(3, 4, generator=g), torch.randn(3, generator=g), torch.randn(2, 3, 2, generator=g), torch.randn((), generator=g)]
+    base = [
+        torch.randn(3, 4, generator=g),
+        torch.randn(3, generator=g),
+        torch.randn(2, 3, 2, generator=g),
+        torch.randn((), generator=g),
+    ]
     dtypes = [torch.float32, torch.float32, torch.float64, torch.float32]
     snaps = []
     for b, dt in zip(base, dtypes):

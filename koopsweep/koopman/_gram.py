@@ -38,7 +38,13 @@ def basis_rows(window: int, center: str) -> int:
 def _buffer(workspace: dict | None, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A ``(rows, >= cols)`` scratch buffer, reused from ``workspace`` when one fits (no page faults)."""
     buf = None if workspace is None else workspace.get("buffer")
-    if buf is not None and buf.shape[0] == rows and buf.shape[1] >= cols and buf.dtype == dtype and buf.device == device:
+    if (
+        buf is not None
+        and buf.shape[0] == rows
+        and buf.shape[1] >= cols
+        and buf.dtype == dtype
+        and buf.device == device
+    ):
         return buf
     buf = torch.empty(rows, cols, dtype=dtype, device=device)
     if workspace is not None:

@@ -106,7 +106,9 @@ def _real_geometric_sum(a: torch.Tensor, horizon: int) -> torch.Tensor:
     log_a = torch.log(torch.where(pos, a, torch.ones_like(a)))
     num = torch.where(pos, -torch.expm1(horizon * log_a), 1.0 - a.pow(horizon))  # 1 - a^h
     den = torch.where(pos, -torch.expm1(log_a), 1.0 - a)  # 1 - a
-    return torch.where(den == 0, torch.full_like(a, float(horizon)), num / torch.where(den == 0, torch.ones_like(den), den))
+    return torch.where(
+        den == 0, torch.full_like(a, float(horizon)), num / torch.where(den == 0, torch.ones_like(den), den)
+    )
 
 
 def _sum_of_powers(a: torch.Tensor, horizon: int) -> torch.Tensor:

@@ -34,8 +34,7 @@ from koopsweep.errors import ParameterError
 RankSpec = int | float
 
 _RANK_EXPECTED = (
-    "0 (optimal hard threshold), an int >= 1 (that rank), a float in (0, 1) (cumulative energy) "
-    "or -1 (no truncation)"
+    "0 (optimal hard threshold), an int >= 1 (that rank), a float in (0, 1) (cumulative energy) or -1 (no truncation)"
 )
 
 

@@ -44,7 +44,6 @@ from koopsweep.koopman import (
     CENTERS,
     EIG_POLICIES,
     GramDMD,
-    basis_rows,
     check_rank,
     displacement_rows,
     fixed_point_growth,
@@ -105,7 +104,9 @@ def flat_blocks(snapshots: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [s.reshape(s.shape[0], -1) for s in snapshots]
 
 
-def combine(blocks: Sequence[torch.Tensor], shapes: Sequence[torch.Size], coefficients: torch.Tensor) -> list[torch.Tensor]:
+def combine(
+    blocks: Sequence[torch.Tensor], shapes: Sequence[torch.Size], coefficients: torch.Tensor
+) -> list[torch.Tensor]:
     """``x_last + sum_k e_k x_k`` per parameter tensor, in its own dtype, device and shape.
 
     ``coefficients`` ``e`` (float64, one per snapshot) describe a displacement, so they sum to zero:
@@ -192,7 +193,9 @@ class DMDOptions(Variant):
         return gram_dmd(gram, self.params["rank"], n_features=n_features, delays=self.delays, gram_dtype=self.fit_dtype)
 
     def _state_coefficients(self, fit: GramDMD, horizon: int, window: int) -> torch.Tensor:
-        lam, keep = limit_eigenvalues(fit.eigenvalues, self.params.get("max_eig"), self.params.get("eig_policy", "clip"))
+        lam, keep = limit_eigenvalues(
+            fit.eigenvalues, self.params.get("max_eig"), self.params.get("eig_policy", "clip")
+        )
         growth = sum_growth(lam, horizon) if self.center == "increments" else power_growth(lam, horizon)
         return state_coefficients(displacement_rows(fit, growth, keep), self.center, window)
 
@@ -350,11 +353,19 @@ class FixedPointDMD(DMDOptions):
         super().validate_params()
         m = self.params["margin"]
         require(
-            isinstance(m, Real) and not isinstance(m, bool) and 0 <= float(m) < 1, self, "margin", m, "a float in [0, 1)"
+            isinstance(m, Real) and not isinstance(m, bool) and 0 <= float(m) < 1,
+            self,
+            "margin",
+            m,
+            "a float in [0, 1)",
         )
         d = self.params["damping"]
         require(
-            isinstance(d, Real) and not isinstance(d, bool) and 0 < float(d) <= 1, self, "damping", d, "a float in (0, 1]"
+            isinstance(d, Real) and not isinstance(d, bool) and 0 < float(d) <= 1,
+            self,
+            "damping",
+            d,
+            "a float in (0, 1]",
         )
         self.params["margin"] = float(m)
         self.params["damping"] = float(d)

@@ -21,9 +21,24 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from koopsweep._params import require
-from koopsweep.koopman import SOLVERS, NodeModes, NodeOperators, fit_node_operators, node_advance, node_advance_modes, node_modes
+from koopsweep.koopman import (
+    SOLVERS,
+    NodeModes,
+    NodeOperators,
+    fit_node_operators,
+    node_advance,
+    node_advance_modes,
+    node_modes,
+)
 from koopsweep.variants._base import Variant
-from koopsweep.variants._dmd import DTYPES, check_horizon, check_snapshots, validate_center, validate_dtype, validate_max_eig
+from koopsweep.variants._dmd import (
+    DTYPES,
+    check_horizon,
+    check_snapshots,
+    validate_center,
+    validate_dtype,
+    validate_max_eig,
+)
 
 
 @dataclass(frozen=True)
@@ -99,11 +114,17 @@ class NodeDMD(Variant):
     def validate_params(self) -> None:
         p = self.params
         q = p["q"]
-        require(isinstance(q, Integral) and not isinstance(q, bool) and q >= 0, self, "q", q, "an int >= 0 (0: whole nodes)")
+        require(
+            isinstance(q, Integral) and not isinstance(q, bool) and q >= 0, self, "q", q, "an int >= 0 (0: whole nodes)"
+        )
         p["q"] = int(q)
         rc = p["rcond"]
         require(
-            isinstance(rc, Real) and not isinstance(rc, bool) and 0 <= float(rc) < 1, self, "rcond", rc, "a float in [0, 1)"
+            isinstance(rc, Real) and not isinstance(rc, bool) and 0 <= float(rc) < 1,
+            self,
+            "rcond",
+            rc,
+            "a float in [0, 1)",
         )
         p["rcond"] = float(rc)
         validate_center(self, p["center"], ("none", "increments"))
