@@ -11,7 +11,7 @@ Shared numerical options (`DMDOptions`):
 * ``dtype``: the dtype the Gram is accumulated in, ``"float32"`` or ``"float64"``. The small
   ``m x m`` work is float64 either way, and predictions are formed in each parameter's own dtype.
   Default ``"float32"``: on the increments of a real Adam trajectory (784-256-256-10 MLP) its predictions
-  matched float64's to three digits at windows 8-32 while the fit took 2.5x less time
+  matched float64's to three digits at windows 8-32 while the fit took 2-2.5x less time
   (``benchmarks/README.md``). Exactness down to 1e-10 needs ``"float64"``; so does ``center="none"``,
   where the weights' large constant part leaves the dynamics in the last digits of a float32 Gram.
   Either way the Gram route squares the snapshot matrix's condition number: accuracy is about
