@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def invoke(*args):
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
     return result
 
 
