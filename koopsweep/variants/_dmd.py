@@ -328,7 +328,7 @@ class LayerDMD(DMDOptions):
         return torch.cat([f.eigenvalues for f in self._fits])
 
 
-class FixedPointDMD(DMDOptions):
+class FixedPointDMD(GlobalDMD):
     """Jump toward the fixed point predicted by increment DMD (Redman et al.'s fixed-point use of DMD).
 
     Fits exact DMD to the increments, keeps the modes with ``|lambda| < 1 - margin`` and forms the fixed
@@ -370,33 +370,10 @@ class FixedPointDMD(DMDOptions):
         self.params["margin"] = float(m)
         self.params["damping"] = float(d)
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self._fit: GramDMD | None = None
-        self._blocks: list[torch.Tensor] = []
-        self._shapes: list[torch.Size] = []
-
-    def fit(self, snapshots: list[torch.Tensor]) -> None:
-        check_snapshots(self, snapshots)
-        self._fit = None
-        self._blocks = flat_blocks(snapshots)
-        self._shapes = [s.shape[1:] for s in snapshots]
-        self._fit = self._fit_blocks(self._blocks)
-
-    def predict(self, horizon: int) -> list[torch.Tensor]:
-        h = check_horizon(self, horizon)
-        if self._fit is None:
-            raise _not_fitted(self)
-        if h == 0:
-            return [x[-1].clone().reshape(s) for x, s in zip(self._blocks, self._shapes)]
-        lam = self._fit.eigenvalues
+    def _state_coefficients(self, fit: GramDMD, horizon: int, window: int) -> torch.Tensor:
+        # The horizon does not enter: every decaying mode is summed to its limit, then damped.
+        lam = fit.eigenvalues
         keep = lam.abs() < 1.0 - self.params["margin"]
         growth = fixed_point_growth(torch.where(keep, lam, torch.zeros_like(lam)))
-        rows = displacement_rows(self._fit, growth * self.params["damping"], keep)
-        e = state_coefficients(rows, "increments", self._blocks[0].shape[0])
-        return combine(self._blocks, self._shapes, e)
-
-    @property
-    def eigenvalues(self) -> torch.Tensor | None:
-        """The fitted increment-DMD eigenvalues (all of them, including the modes left out)."""
-        return None if self._fit is None else self._fit.eigenvalues
+        rows = displacement_rows(fit, growth * self.params["damping"], keep)
+        return state_coefficients(rows, "increments", window)
