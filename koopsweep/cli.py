@@ -511,6 +511,14 @@ def ui(name: str | None, port: int, host: str, storage: str | None) -> None:
     if uri.startswith(("http://", "https://")):
         click.echo(tracking.runs_page_url(uri.rstrip("/"), uri, name))
         return
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C or a plain `kill` stops the server too (a shell may start us with SIGINT ignored).
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     server = tracking.start_ui_server(uri, host=host, port=port)
     try:
         click.echo(tracking.runs_page_url(f"http://{host}:{port}", uri, name))

@@ -10,6 +10,7 @@ and carry on (the Optuna storage still holds every trial).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -166,12 +167,19 @@ def start_ui_server(tracking_uri: str, *, host: str = "127.0.0.1", port: int = 5
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
         "--host", host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
+    import tempfile
+
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # The server logs every request: to a file, never to a pipe nobody reads (a full pipe blocks it).
+    log = tempfile.NamedTemporaryFile(prefix="koopsweep-mlflow-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process.log_path = log.name  # type: ignore[attr-defined]
+    log.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            error = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else ""
+            with open(process.log_path, encoding="utf-8", errors="replace") as handle:  # type: ignore[attr-defined]
+                error = handle.read()[-2000:]
             raise KoopsweepError(f"mlflow server exited with status {process.returncode}: {error.strip()}")
         try:
             with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as response:
@@ -187,12 +195,20 @@ def stop_server(process) -> None:
     """Stop a server started by `start_ui_server`, with its worker processes."""
     import signal
 
+    import subprocess
+
     if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=15)
-        except Exception:
-            os.killpg(process.pid, signal.SIGKILL)
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    log_path = getattr(process, "log_path", None)
+    if log_path:
+        with contextlib.suppress(OSError):
+            os.unlink(log_path)

@@ -45,7 +45,7 @@ def test_ui_serves_the_study_runs_page(tiny_spec, workdir):
         tags = [{t["key"]: t["value"] for t in run["data"]["tags"]} for run in runs]
         assert [t.get("koopsweep.role") for t in tags] == ["study"]
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=30)
+        process.send_signal(signal.SIGTERM)  # as `kill` would; SIGINT may be ignored under CI
+        process.wait(timeout=60)
     with socket.socket() as s:  # the server went away with it
         assert s.connect_ex(("127.0.0.1", port)) != 0
