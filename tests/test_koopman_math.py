@@ -30,6 +30,8 @@ from koopsweep.koopman import (
     window_gram,
 )
 
+from test_variants import rotation_system
+
 F64 = torch.float64
 
 
@@ -206,25 +208,10 @@ def test_limit_eigenvalues_clip_and_drop():
 # -- exact DMD from the Gram -----------------------------------------------------------------------
 
 
-def _rotation_system(eigs, seed=0):
-    blocks = []
-    for e in eigs:
-        if isinstance(e, complex):
-            r, th = abs(e), math.atan2(e.imag, e.real)
-            blocks.append(
-                torch.tensor([[r * math.cos(th), -r * math.sin(th)], [r * math.sin(th), r * math.cos(th)]], dtype=F64)
-            )
-        else:
-            blocks.append(torch.tensor([[e]], dtype=F64))
-    d = torch.block_diag(*blocks)
-    q, _ = torch.linalg.qr(
-        torch.randn(d.shape[0], d.shape[0], dtype=F64, generator=torch.Generator().manual_seed(seed))
-    )
-    return q @ d @ q.T, q
 
 
 def test_gram_dmd_recovers_eigenvalues_and_modes_predict_exactly():
-    a, q = _rotation_system([1.0, 0.8, complex(0.9 * math.cos(0.6), 0.9 * math.sin(0.6)), -0.6])
+    a, q = rotation_system([1.0, 0.8, complex(0.9 * math.cos(0.6), 0.9 * math.sin(0.6)), -0.6])
     x = [q @ torch.ones(5, dtype=F64)]
     for _ in range(11):
         x.append(a @ x[-1])

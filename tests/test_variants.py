@@ -533,8 +533,7 @@ def test_plugin_contract(cls):
 
 def test_entry_points_resolve_to_the_classes():
     eps = {ep.name: ep for ep in importlib.metadata.entry_points(group="koopsweep.variants")}
-    if not eps:
-        pytest.skip("koopsweep is not installed (pip install -e .)")
+    assert eps, "koopsweep's entry points are missing: install it with pip install -e ."
     for name, cls in ENTRY_POINTS.items():
         assert eps[name].load() is cls
 
