@@ -300,8 +300,8 @@ class Objective:
             for key, value in reporting.trial_summary(measurement, self.spec).items():
                 trial.set_user_attr(key, value)
             status = "FINISHED"
-            if trial_run:
-                reporting.log_trial(self, trial, trial_run, measurement)
+            if trial_run:  # tracking must never cost a measured result
+                self.tracker.guarded("log the trial", reporting.log_trial, self, trial, trial_run, measurement)
             return values
         except optuna.TrialPruned:
             status = "KILLED"
