@@ -172,26 +172,21 @@ def study_run(
     from koopsweep import sweep
 
     _quiet_optuna()
+    given = None
     if _looks_like_spec(target):
-        spec = specs.load_spec(target)
-        url = sweep.resolve_storage(storage, spec)
-        try:
-            study_obj, stored = sweep.load_study(spec.name, url)
-        except KoopsweepError:
-            sweep.create_study(spec, url)
-            click.echo(f"created study {spec.name!r} in {sweep.mask_uri(url)}", err=True)
-            study_obj, stored = sweep.load_study(spec.name, url)
-        if stored.dumps() != spec.dumps():
-            raise KoopsweepError(
-                f"study {spec.name!r} already exists with a different spec than {target}; "
-                f"give the spec a new name, or 'koopsweep study delete {spec.name}' first"
-            )
+        given = specs.load_spec(target)
+        url = sweep.resolve_storage(storage, given)
+        if not sweep.study_exists(given.name, url):
+            sweep.create_study(given, url)
+            click.echo(f"created study {given.name!r} in {sweep.mask_uri(url)}", err=True)
+        name = given.name
     else:
-        url = sweep.resolve_storage(storage)
-        study_obj, stored = sweep.load_study(target, url)
-    if heartbeat_interval or worker_index:
-        study_obj, stored = sweep.load_study(
-            stored.name, url, heartbeat_interval=heartbeat_interval, worker_index=worker_index
+        url, name = sweep.resolve_storage(storage), target
+    study_obj, stored = sweep.load_study(name, url, heartbeat_interval=heartbeat_interval, worker_index=worker_index)
+    if given is not None and stored.dumps() != given.dumps():
+        raise KoopsweepError(
+            f"study {name!r} already exists with a different spec than {target}; "
+            f"give the spec a new name, or 'koopsweep study delete {name}' first"
         )
     spec = stored
     device_list = [d.strip() for d in (devices or spec.device).split(",") if d.strip()]

@@ -158,6 +158,14 @@ def create_study(spec: StudySpec, storage_url: str, *, tracking_uri: str | None 
     return study
 
 
+def study_exists(name: str, storage_url: str) -> bool:
+    """Whether the storage holds a study of that name (a missing SQLite or journal file holds none)."""
+    path = _storage_file(storage_url)
+    if path is not None and not os.path.exists(path):
+        return False
+    return name in _study_names(open_storage(storage_url))
+
+
 def _study_names(storage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
@@ -433,7 +441,6 @@ def run_worker(
 
     device = resolve_device(device_name or spec.device)
     uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri)
-    tracker = None
     parent = study.user_attrs.get(PARENT_RUN_ATTR)
     try:
         tracker = Tracker(uri, spec.name)
