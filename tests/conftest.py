@@ -7,6 +7,9 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# Fixtures that start real servers live in their own modules, each with its own owner.
+pytest_plugins = ["postgres_server", "mlflow_server"]
+
 TINY_SPEC = """
 name = "tiny"
 task = "digits-mlp"
