@@ -113,9 +113,12 @@ def combine(
     the product is taken in the parameter's dtype, without any parameter-sized copy.
     """
     out = []
+    converted: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # one host-to-device copy each
     for x, shape in zip(blocks, shapes):
-        e = coefficients.to(device=x.device, dtype=x.dtype)
-        out.append(torch.addmv(x[-1], x.T, e).reshape(shape))
+        key = (x.device, x.dtype)
+        if key not in converted:
+            converted[key] = coefficients.to(device=x.device, dtype=x.dtype)
+        out.append(torch.addmv(x[-1], x.T, converted[key]).reshape(shape))
     return out
 
 
@@ -187,10 +190,22 @@ class DMDOptions(Variant):
         # The Hankel states need delays + 1 basis rows; increments cost one snapshot more.
         return self.delays + 1 + (1 if self.center == "increments" else 0)
 
-    def _fit_blocks(self, blocks: Sequence[torch.Tensor]) -> GramDMD:
-        gram = window_gram(blocks, self.center, self.fit_dtype, workspace=self._workspace)
-        n_features = sum(int(b.shape[1]) for b in blocks)
+    def _gram(self, blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The window's Gram, on the snapshots' device: the only parameter-sized work of a fit."""
+        return window_gram(blocks, self.center, self.fit_dtype, workspace=self._workspace)
+
+    def _dense_fit(self, gram: torch.Tensor, n_features: int) -> GramDMD:
+        """The ``m x m`` part of the fit, from a Gram that is already on the CPU.
+
+        The Gram is moved to the CPU by the callers, once per fit: a dozen LAPACK calls on a 16 x 16
+        matrix cost microseconds each on the host, but each is a launch (and ``eig`` a host round trip
+        of its own) on a GPU, so the small work is faster on the host whatever the snapshots' device.
+        """
         return gram_dmd(gram, self.params["rank"], n_features=n_features, delays=self.delays, gram_dtype=self.fit_dtype)
+
+    def _fit_blocks(self, blocks: Sequence[torch.Tensor]) -> GramDMD:
+        n_features = sum(int(b.shape[1]) for b in blocks)
+        return self._dense_fit(self._gram(blocks).cpu(), n_features)
 
     def _state_coefficients(self, fit: GramDMD, horizon: int, window: int) -> torch.Tensor:
         lam, keep = limit_eigenvalues(
@@ -305,7 +320,8 @@ class LayerDMD(DMDOptions):
         self._fits = None
         self._blocks = flat_blocks(snapshots)
         self._shapes = [s.shape[1:] for s in snapshots]
-        self._fits = [self._fit_blocks([b]) for b in self._blocks]
+        grams = torch.stack([self._gram([b]) for b in self._blocks]).cpu()  # one transfer for all tensors
+        self._fits = [self._dense_fit(g, int(b.shape[1])) for g, b in zip(grams, self._blocks)]
 
     def predict(self, horizon: int) -> list[torch.Tensor]:
         h = check_horizon(self, horizon)
