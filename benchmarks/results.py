@@ -1,0 +1,103 @@
+"""The end-to-end measurements behind ``docs/results.md``: a list of `koopsweep bench` configurations,
+run one after the other in one process, each writing its JSON report, then one summary table.
+
+    python benchmarks/results.py --out DIR [--seeds 5] [--only NAME ...] [--list]
+    python benchmarks/results.py --out DIR --summarize      # the table again, from the JSONs in DIR
+
+Every row is a paired bench (`koopsweep.bench.run_bench`): for each seed the plain optimizer and the
+accelerated one train the same model on the same batches, alternating which goes first; speedups are
+wall-clock time to the baseline's own final loss, medians over seeds. A configuration already measured
+in DIR is not run again (delete its JSON to re-measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from koopsweep.bench import BenchSettings, run_bench
+
+OPTIMIZERS = ["adam", "adadelta"]
+
+#: name -> (task, variant, params), params as in `koopsweep bench --param`: every task (and the
+#: oscillator's stochastic form) with dmd-global against the extrapolate-linear control, each under the
+#: verify and the adaptive rule. Windows and horizons: the oscillator's bench defaults, shorter ones for
+#: the tasks with 300-1,000-step budgets.
+CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {}
+
+for _task, _extra in (
+    ("hnn-oscillator", {}),
+    ("hnn-oscillator-stochastic", {"task.batch_size": 200}),
+    ("mnist1d-mlp", {}),
+    ("digits-mlp", {}),
+    ("teacher-student", {}),
+):
+    _name = _task.removesuffix("-stochastic")
+    _window, _horizon = (16, 100) if _name == "hnn-oscillator" else (8, 40)
+    _common = {"window": _window, "horizon": _horizon, **_extra}
+    for _variant in ("dmd-global", "extrapolate-linear"):
+        for _rule in ("verify", "adaptive"):
+            CONFIGS[f"{_task}:{_variant}:{_rule}"] = (_name, _variant, {**_common, "fallback": _rule})
+
+
+def run(names: list[str], out: Path, seeds: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = out / f"{name.replace(':', '__')}.json"
+        if path.exists():
+            print(f"{name}: already measured ({path})")
+            continue
+        task, variant, params = CONFIGS[name]
+        started = time.perf_counter()
+        report = run_bench(BenchSettings(task=task, variant=variant, params=dict(params), optimizers=OPTIMIZERS,
+                                         seeds=seeds, device="cpu"))  # fmt: skip
+        report["config_name"] = name
+        path.write_text(json.dumps(report, indent=1, default=str))
+        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def summarize(out: Path) -> str:
+    lines = [
+        "| configuration | vs | median speedup (IQR) | reached | step speedup | accepted | fit/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(out.glob("*.json")):
+        report = json.loads(path.read_text())
+        name = report.get("config_name", path.stem)
+        for optimizer, s in report["summary"].items():
+            low, high = s["speedup_iqr"]
+            lines.append(
+                f"| {name} | {optimizer} | {s['median_speedup']:.2f}x ({low:.2f}-{high:.2f}) | "
+                f"{s['reached_fraction']:.0%} | {s['median_step_speedup']:.2f}x | "
+                f"{s['median_acceptance_rate']:.0%} | {s['median_fit_over_step']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the JSON reports")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations")
+    parser.add_argument("--list", action="store_true", help="list the configurations and exit")
+    parser.add_argument("--summarize", action="store_true", help="only print the table from DIR's JSONs")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, (task, variant, params) in CONFIGS.items():
+            print(name, task, variant, params)
+        return 0
+    if not args.summarize:
+        unknown = [n for n in args.only or [] if n not in CONFIGS]
+        if unknown:
+            parser.error(f"unknown configuration(s): {', '.join(unknown)}; see --list")
+        run(args.only or list(CONFIGS), args.out, args.seeds)
+    print(summarize(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
