@@ -7,9 +7,11 @@ on the same seed, data order and device).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import platform
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,9 @@ SPEC_ATTR = "koopsweep.spec"
 SAMPLER_ATTR = "koopsweep.sampler"
 PARENT_RUN_ATTR = "koopsweep.mlflow_parent_run_id"
 TRACKING_ATTR = "koopsweep.tracking_uri"
+#: Seconds between a running trial's heartbeats on RDB storages when --heartbeat-interval is not given:
+#: without heartbeats a trial whose worker died would stay RUNNING for ever and never be retried.
+DEFAULT_HEARTBEAT_INTERVAL = 60
 
 
 class TrialFailed(KoopsweepError):
@@ -68,17 +73,76 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, max_retry: 
                 f"storage {url!r} is not a URL; use sqlite:///FILE.db, postgresql://USER@HOST/DB or FILE.log"
             )
         kwargs: dict[str, Any] = {}
-        if heartbeat_interval:
-            kwargs = dict(
-                heartbeat_interval=heartbeat_interval,
-                grace_period=max(2 * heartbeat_interval, heartbeat_interval + 5),
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-            )
-        return optuna.storages.RDBStorage(url, **kwargs)
+        with warnings.catch_warnings():
+            # Heartbeats are "experimental" in Optuna since 2.x; the warning would only alarm users.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if heartbeat_interval:
+                kwargs = dict(
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=max(2 * heartbeat_interval, heartbeat_interval + 5),
+                    heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=max_retry),
+                )
+            return optuna.storages.RDBStorage(url, **kwargs)
     except UsageError:
         raise
     except Exception as exc:
         raise UsageError(f"cannot open storage {mask_uri(url)}: {type(exc).__name__}: {exc}") from None
+
+
+class RetryStaleTrial:
+    """What happens to a trial whose worker died (its heartbeat went stale, and Optuna marked it FAIL):
+    its MLflow run is ended as FAILED, then Optuna's own callback queues the same parameters again as a
+    WAITING trial, which the next free worker picks up. Runs in whichever worker noticed the stale trial."""
+
+    #: Attributes that describe one attempt, not the parameters: the retry gets its own.
+    PER_ATTEMPT = ("mlflow_run_id", "worker")
+
+    def __init__(self, max_retry: int | None = 1) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            _end_run_of_dead_worker(study, run_id)
+        attempt = copy.copy(trial)
+        attempt.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in self.PER_ATTEMPT}
+        attempt.user_attrs["retry_of"] = trial.number
+        self.retry(study, attempt)
+
+
+def _end_run_of_dead_worker(study: optuna.Study, run_id: str) -> None:
+    raw = study.user_attrs.get(SPEC_ATTR)
+    if raw is None:
+        return
+    uri = study_tracking_uri(study, spec_from_json(raw, f"study {study.study_name!r}"))
+    try:
+        tracker = Tracker(uri, study.study_name)
+    except Exception as exc:  # tracking must never stop the worker that noticed the dead one
+        warnings.warn(
+            f"MLflow tracking at {mask_uri(uri)} is unreachable ({type(exc).__name__}); "
+            f"run {run_id} of a dead worker's trial stays RUNNING there",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    tracker.guarded("end a dead worker's trial run", tracker.finish, run_id, "FAILED")
+
+
+def study_tracking_uri(study: optuna.Study, spec: StudySpec) -> str:
+    """Where a worker tracks: ``MLFLOW_TRACKING_URI`` if set, else the URI recorded when the study was
+    created (so a worker on another host, given only the storage and the name, logs to the same MLflow),
+    else the spec's or ``./mlflow.db``. A recorded password is masked, and a recorded SQLite file may not
+    exist on this host: neither is usable."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return resolve_tracking_uri()
+    stored = study.user_attrs.get(TRACKING_ATTR)
+    if stored and "***" not in stored:
+        path = _storage_file(stored) if stored.startswith("sqlite:///") else None
+        if path is None or os.path.exists(path):
+            return stored
+    return resolve_tracking_uri(spec.tracking_uri)
 
 
 # ------------------------------------------------------------------------------ samplers, pruners
@@ -173,8 +237,9 @@ def _study_names(storage) -> list[str]:
 def load_study(
     name: str, storage_url: str, *, heartbeat_interval: int | None = None, worker_index: int = 0
 ) -> tuple[optuna.Study, StudySpec]:
-    """Open an existing koopsweep study and the spec stored in it."""
-    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval, create=False)
+    """Open an existing koopsweep study and the spec stored in it. On RDB storages its running trials
+    send heartbeats (every ``heartbeat_interval`` seconds, 60 by default)."""
+    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL, create=False)
     names = _study_names(storage)
     if name not in names:
         listing = ", ".join(names) if names else "none"
@@ -287,6 +352,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         from koopsweep import reporting
 
+        # Which process ran it: a trial that is later failed as stale names its dead worker.
+        trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
         config = suggest_config(trial, self.spec, self.variants)
         trial.set_user_attr("config", config.flat_params())
         trial_run = None
@@ -398,15 +465,30 @@ def environment_params(device) -> dict[str, str]:
     }
 
 
+def retried_numbers(trials) -> set[int]:
+    """Numbers of the trials that were failed as stale and queued again: each is replaced by its retry,
+    so it does not count towards the study's trials."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def _count(study: optuna.Study, states) -> int:
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    return sum(1 for t in trials if t.state in states and t.number not in retried)
+
+
 def finished_trials(study: optuna.Study) -> int:
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return _count(study, states)
 
 
 class StopAtTotal:
     """Stops a worker once the study holds ``total`` trials, finished or running, so that workers in
     other processes or on other hosts share one target. (Two workers checking at the same instant may
-    each start one more trial: the overshoot is at most the number of workers minus one.)"""
+    each start one more trial: the overshoot is at most the number of workers minus one.)
+
+    A dead worker's trial is failed and queued again first, so that it does not pass for running; and a
+    worker never stops while queued (WAITING) trials remain, or a retry could be left behind by all."""
 
     STATES = (
         optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
@@ -417,7 +499,12 @@ class StopAtTotal:
         self.total = total
 
     def reached(self, study: optuna.Study) -> bool:
-        return len(study.get_trials(deepcopy=False, states=self.STATES)) >= self.total
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return False
+        return _count(study, self.STATES) >= self.total
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.reached(study):
@@ -440,7 +527,7 @@ def run_worker(
     from koopsweep.devices import resolve_device
 
     device = resolve_device(device_name or spec.device)
-    uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri)
+    uri = tracking_uri or study_tracking_uri(study, spec)
     parent = study.user_attrs.get(PARENT_RUN_ATTR)
     try:
         tracker = Tracker(uri, spec.name)
