@@ -383,6 +383,10 @@ class KoopmanAccelerator:
         if proposal is not None:
             try:
                 decision = self._decide(proposal)
+                # Whatever the rule, weights that are not finite, or where the loss is not, are never kept.
+                unsafe = proposal.unsafe(decision.params) if decision.accepted else None
+                if unsafe:
+                    decision = Decision.reject(unsafe)
             except BaseException:
                 # A closure or the rule raised mid-decision: leave the model exactly as it was before this
                 # call (the window stays full, so the next step() tries again).
@@ -636,14 +640,41 @@ class _Proposal:
 
     # -- internals ------------------------------------------------------------------------------------------
 
-    def _call_closure(self) -> float:
+    def unsafe(self, params: list[torch.Tensor]) -> str | None:
+        """Why accepted ``params`` must not be kept: ``"non-finite"`` weights (a prediction passed the
+        guard already, but a rule may build its own) or ``"non-finite-loss"`` there; None when they are safe.
+
+        A rule that did not evaluate ``params`` (``none``) gets the loss from the closure call that the
+        inner step at ``params`` makes next anyway, so this costs no extra call when the jump is kept.
+        """
+        if not any(params is pred for pred in self._predictions.values()):
+            with torch.no_grad():
+                if not all(bool(torch.isfinite(t).all()) for t in params):
+                    return "non-finite"
+        if self._closure is None:
+            return None  # step() without a closure: the rule cannot have measured anything, nor can we
+        hit = self._evaluated.get(id(params))
+        if hit is not None and hit[0] is params:
+            value = hit[1]
+        else:
+            self.load(params)
+            value = self._call_closure(verification=False)
+            self._last = params
+            self._evaluated[id(params)] = (params, value)
+            if not math.isfinite(value):
+                self._acc.stats.evaluations += 1  # wasted: it served only to reject the jump
+        return None if math.isfinite(value) else "non-finite-loss"
+
+    def _call_closure(self, verification: bool = True) -> float:
+        """One closure call at the weights the model holds. A ``verification`` call is counted in the
+        stats; the other kind is the inner step's own gradient computation, made a little early."""
         if self._closure is None:
             raise UsageError(
                 f"the fallback rule {self._acc.fallback!r} evaluated the loss, but step() was called without a "
                 "closure; pass step(closure), or set the rule's needs_closure = True so that this is caught earlier"
             )
         acc = self._acc
-        t0 = acc._clock()
+        t0 = acc._clock() if verification else 0.0
         try:
             with torch.enable_grad():
                 raw = self._closure()
@@ -654,8 +685,10 @@ class _Proposal:
                     f"the step() closure returned {raw!r}; it must return the loss (a scalar tensor or number)"
                 ) from None
         finally:
-            acc.stats.verify_time_s += acc._clock() - t0
-        acc.stats.evaluations += 1
+            if verification:
+                acc.stats.verify_time_s += acc._clock() - t0
+        if verification:
+            acc.stats.evaluations += 1
         self.last_loss = raw
         return value if math.isfinite(value) else math.inf
 

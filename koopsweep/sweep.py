@@ -8,6 +8,7 @@ on the same seed, data order and device).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import platform
@@ -37,6 +38,19 @@ DEFAULT_HEARTBEAT_INTERVAL = 60
 
 class TrialFailed(KoopsweepError):
     """A trial could not produce a measurement (for example its training diverged)."""
+
+
+class _NoTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback. The reason is in the message and in the trial's
+    ``fail_reason``; the traceback of a caught `TrialFailed` is noise, and that of a real bug is shown
+    once, by the command line, with --debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoTraceback())
 
 
 # ------------------------------------------------------------------------------------- storage
@@ -380,6 +394,9 @@ class Objective:
             return values
         except optuna.TrialPruned:
             status = "KILLED"
+            raise
+        except TrialFailed as exc:
+            trial.set_user_attr("fail_reason", str(exc))  # Optuna 5 keeps no reason for a failed trial
             raise
         finally:
             if trial_run:
