@@ -11,20 +11,35 @@ import sys
 
 import click
 
-from koopsweep.errors import KoopsweepError
+from koopsweep.errors import KoopsweepError, redact
+
+
+def _one_line(text: str) -> str:
+    """A message on one line with every URL password masked (libraries' messages span several)."""
+    return redact(" ".join(line.strip() for line in text.splitlines() if line.strip()))
 
 
 class _Group(click.Group):
-    """Turns a `KoopsweepError` into a one-line message and its exit code (no traceback unless --debug)."""
+    """Turns a `KoopsweepError` into a one-line message and its exit code. Any other exception is a bug
+    here or in a plugin: one line too, exit 1. With --debug, the full traceback instead (passwords masked
+    there too)."""
 
     def invoke(self, ctx: click.Context):  # noqa: D102
         try:
             return super().invoke(ctx)
-        except KoopsweepError as exc:
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
             if ctx.find_root().params.get("debug"):
-                raise
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+                import traceback
+
+                click.echo(redact(traceback.format_exc()), err=True, nl=False)
+            elif isinstance(exc, KoopsweepError):
+                click.echo(f"Error: {_one_line(str(exc))}", err=True)
+            else:
+                message = f"unexpected {type(exc).__name__}: {_one_line(str(exc))}"
+                click.echo(f"Error: {message} (run with --debug for the traceback)", err=True)
+            ctx.exit(exc.exit_code if isinstance(exc, KoopsweepError) else 1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -175,6 +190,7 @@ def study_run(
     given = None
     if _looks_like_spec(target):
         given = specs.load_spec(target)
+        _device_list(devices or given.device)  # a mistyped device fails before the study is created
         url = sweep.resolve_storage(storage, given)
         if not sweep.study_exists(given.name, url):
             sweep.create_study(given, url)
@@ -189,7 +205,7 @@ def study_run(
             f"give the spec a new name, or 'koopsweep study delete {name}' first"
         )
     spec = stored
-    device_list = [d.strip() for d in (devices or spec.device).split(",") if d.strip()]
+    device_list = _device_list(devices or spec.device)
     finished = sweep.finished_trials(study_obj)
     remaining = n_trials if n_trials is not None else spec.n_trials - finished
     if remaining <= 0:
@@ -205,6 +221,18 @@ def study_run(
         _run_workers(study_obj, spec, url, remaining, finished + remaining, timeout, jobs, device_list, heartbeat_interval)
     if not quiet:
         _print_summary(study_obj, spec, as_json=False)
+
+
+def _device_list(text: str) -> list[str]:
+    """The comma-separated devices, each checked (exists on this machine)."""
+    from koopsweep.devices import resolve_device
+
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    if not names:
+        raise click.BadParameter(f"{text!r} names no device", param_hint="--devices")
+    for name in names:
+        resolve_device(name)
+    return names
 
 
 def _progress_bar():
@@ -250,6 +278,7 @@ def _run_workers(study_obj, spec, url, n_trials, total, timeout, jobs, devices, 
     start = sweep.finished_trials(study_obj)
     # CPU workers share the cores instead of each starting one thread per core.
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))}
+    env[sweep.STORAGE_ENV] = url  # not on the command line, which every local user can read
     workers = [
         subprocess.Popen(
             sweep.worker_command(

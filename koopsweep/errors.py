@@ -6,6 +6,8 @@ Every error a user can cause derives from `KoopsweepError`; the CLI prints its m
 
 from __future__ import annotations
 
+import re
+
 
 class KoopsweepError(Exception):
     """An error with a message meant for the user."""
@@ -37,3 +39,28 @@ class PluginLoadError(KoopsweepError):
 
 class ParameterError(UsageError, ValueError):
     """A variant, fallback rule or task got a parameter value it cannot use."""
+
+
+#: A URL in free text: its scheme, then everything up to whitespace or a quote. A password may itself
+#: hold '@', '/' or '#' when the user did not percent-encode it, so the user part ends at the *last* '@'.
+_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s'\"<>]*)")
+#: libpq and others also take a password as a query parameter (``?password=...``).
+_QUERY_SECRET = re.compile(r"(?i)(?P<key>[?&;](?:password|passwd|pwd)=)[^&;\s'\"<>]*")
+
+
+def _mask_url(match: re.Match) -> str:
+    rest = match["rest"]
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    return match["scheme"] + _QUERY_SECRET.sub(r"\g<key>***", rest)
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``
+    (``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``).
+
+    It works on free text, not on one parsed URL, so that it also covers messages that quote a URL
+    which does not parse. When in doubt it masks too much (an '@' in a path) rather than too little.
+    """
+    return _URL.sub(_mask_url, text)

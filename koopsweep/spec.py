@@ -12,12 +12,13 @@ integers when both bounds are integers, with an optional ``step``).
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from koopsweep.errors import SpecError
+from koopsweep.errors import SpecError, redact
 
 OPTIMIZER_NAMES = ("adam", "adadelta", "sgd", "adagrad")
 SAMPLERS = ("tpe", "random", "gp", "nsga2")
@@ -149,6 +150,21 @@ class _Checker:
             self.fail(name, f"expected {what}, got {value!r}")
         return value
 
+    def finite(self, field_name: str, value: Any) -> None:
+        # TOML has nan and inf; no field of a spec means anything with them.
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(field_name, f"must be a finite number, got {value!r}")
+
+    def no_password(self, field_name: str, url: str | None) -> None:
+        # A spec is stored inside the study and logged to MLflow as spec.json: a password in it would be
+        # readable by everyone who can read either. Secrets go in the environment or --storage.
+        if url is not None and redact(url) != url:
+            self.fail(
+                field_name,
+                f"{redact(url)!r} holds a password; specs are stored with the study and logged to MLflow, so "
+                "give the password outside the spec (--storage, KOOPSWEEP_STORAGE, MLFLOW_TRACKING_URI, ~/.pgpass)",
+            )
+
     def choice(self, data: dict, key: str, options: tuple, default: str, path: str = "") -> str:
         value = self.typed(data, key, str, default, "a string", path)
         if value not in options:
@@ -168,6 +184,8 @@ def _search_field(check: _Checker, name: str, raw: Any) -> SearchField:
             check.fail(path, "an empty list of choices")
         if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw):
             check.fail(path, f"choices must be strings or numbers, got {raw!r}")
+        for v in raw:
+            check.finite(path, v)
         return SearchField(name, choices=tuple(raw))
     if isinstance(raw, dict):
         check.unknown(raw, {"low", "high", "log", "step"}, path + ".")
@@ -177,16 +195,19 @@ def _search_field(check: _Checker, name: str, raw: Any) -> SearchField:
         for bound in (low, high):
             if isinstance(bound, bool) or not isinstance(bound, (int, float)):
                 check.fail(path, f"bounds must be numbers, got {bound!r}")
+            check.finite(path, bound)
         if low > high:
             check.fail(path, f"low {low!r} is above high {high!r}")
         log = check.typed(raw, "log", bool, False, "true or false", path + ".")
         step = check.typed(raw, "step", (int, float), None, "a number", path + ".")
+        check.finite(path + ".step", step)
         if log and low <= 0:
             check.fail(path, f"a log range needs low > 0, got {low!r}")
         if step is not None and (step <= 0 or log):
             check.fail(path, "step must be positive and cannot be combined with log")
         return SearchField(name, low=low, high=high, log=log, step=step)
     if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+        check.finite(path, raw)
         return SearchField(name, fixed=raw)
     check.fail(path, f"expected a value, a list of choices or a {{low, high}} table, got {raw!r}")
     raise AssertionError  # unreachable
@@ -237,6 +258,7 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
     task_params = check.typed(data, "task_params", dict, {}, "a table of task parameters")
     optimizer = check.choice(data, "optimizer", OPTIMIZER_NAMES, "adam")
     lr = check.typed(data, "lr", (int, float), None, "a positive number")
+    check.finite("lr", lr)
     if lr is not None and lr <= 0:
         check.fail("lr", f"must be positive, got {lr!r}")
     baselines = check.typed(data, "baselines", list, ["adam", "adadelta"], "a list of optimizer names")
@@ -271,6 +293,7 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
     objective = check.choice(data, "objective", OBJECTIVES, "speedup")
     target = check.choice(data, "target", TARGETS, "final")
     cap_factor = check.typed(data, "cap_factor", (int, float), 2.0, "a number >= 1")
+    check.finite("cap_factor", cap_factor)
     if cap_factor < 1:
         check.fail("cap_factor", f"must be at least 1, got {cap_factor!r}")
     sampler_raw = check.typed(data, "sampler", dict, {}, "a table")
@@ -291,6 +314,8 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
         check.fail("pruner.name", f"{pruner['name']!r} cannot be used with objective {objective!r}; use 'none'")
     storage = check.typed(data, "storage", str, None, "a storage URL")
     tracking_uri = check.typed(data, "tracking_uri", str, None, "a tracking URI")
+    check.no_password("storage", storage)
+    check.no_password("tracking_uri", tracking_uri)
     return StudySpec(
         name=name, task=task, task_params=task_params,
         description=check.typed(data, "description", str, "", "a string"),
@@ -329,6 +354,7 @@ def spec_from_json(text: str, source: str) -> StudySpec:
 def check_plugins(spec: StudySpec) -> None:
     """Check that the task, variants and fallback rules the spec names are installed and load."""
     from koopsweep import plugins
+    from koopsweep.errors import ParameterError
 
     def known(kind: str, name: str, where: str) -> None:
         names = plugins.available(kind)
@@ -338,6 +364,10 @@ def check_plugins(spec: StudySpec) -> None:
             )
 
     known("tasks", spec.task, "task")
+    try:  # a task checks its parameters when it is built (cheap: data is loaded later, by prepare)
+        plugins.load_task(spec.task)(**spec.task_params)
+    except ParameterError as exc:
+        raise SpecError(f"{spec.name}: field 'task_params': {exc}") from None
     for v in spec.variants or []:
         known("variants", v, "variants")
     for rule in spec.search["fallback"].values():

@@ -21,7 +21,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from koopsweep import plugins
-from koopsweep.errors import KoopsweepError, UsageError
+from koopsweep.errors import KoopsweepError, UsageError, redact
 from koopsweep.spec import StudySpec, check_plugins, spec_from_json
 from koopsweep.tracking import Tracker, mask_uri, resolve_tracking_uri  # noqa: F401 (mask_uri re-exported)
 
@@ -74,6 +74,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, max_retry: 
     With ``create=False`` a missing SQLite or journal file is an error instead of a new empty storage
     (reading commands must not leave files behind)."""
     path = _storage_file(url)
+    if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise UsageError(f"storage {mask_uri(url)}: the folder {os.path.dirname(os.path.abspath(path))} does not exist")
     if not create and path is not None and not os.path.exists(path):
         raise UsageError(f"no storage at {mask_uri(url)}: {path} does not exist (create a study first)")
     try:
@@ -100,7 +102,19 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, max_retry: 
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(f"cannot open storage {mask_uri(url)}: {type(exc).__name__}: {exc}") from None
+        raise _storage_error(url, exc) from None
+
+
+def _storage_error(url: str, exc: Exception) -> KoopsweepError:
+    """One masked line for a storage that cannot be opened: bad input (an unknown scheme or driver, a
+    malformed URL) exits 2; a database that does not answer or refuses the connection exits 1."""
+    from sqlalchemy.exc import OperationalError
+
+    # SQLAlchemy and libpq add indented hints and a "Background on this error" link on further lines.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("(Background")]
+    message = f"cannot open storage {mask_uri(url)}: {type(exc).__name__}: {' '.join(lines)}"
+    runtime = isinstance(exc, (OperationalError, OSError))
+    return (KoopsweepError if runtime else UsageError)(redact(message))
 
 
 class RetryStaleTrial:
@@ -578,11 +592,14 @@ def worker_command(
     name: str, storage_url: str, *, n_trials: int, until_total: int, device: str, index: int,
     timeout: float | None, heartbeat_interval: int | None,
 ) -> list[str]:  # fmt: skip
-    """The command line of one worker process (the same `study run`, told its share and its device)."""
+    """The command line of one worker process (the same `study run`, told its share and its device).
+
+    The storage URL is not on it (any local user can read a command line, and the URL may hold a
+    password): start the worker with ``storage_url`` in ``KOOPSWEEP_STORAGE``."""
     import sys
 
     command = [
-        sys.executable, "-m", "koopsweep", "study", "run", name, "--storage", storage_url,
+        sys.executable, "-m", "koopsweep", "study", "run", name,
         "--n-trials", str(n_trials), "--until-total", str(until_total), "--devices", device,
         "--worker-index", str(index), "--quiet",
     ]  # fmt: skip

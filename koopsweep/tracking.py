@@ -39,17 +39,12 @@ def resolve_tracking_uri(spec_uri: str | None = None) -> str:
 
 
 def mask_uri(uri: str) -> str:
-    """Hide a password in a URL (``postgresql://user:secret@host`` -> ``postgresql://user:***@host``)."""
-    from urllib.parse import urlsplit, urlunsplit
+    """Hide a password in a URL (``postgresql://user:secret@host`` -> ``postgresql://user:***@host``),
+    also in one that does not parse and in a ``?password=`` parameter (see `koopsweep.errors.redact`)."""
+    from koopsweep.errors import redact
 
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact(uri)
+
 
 
 class Tracker:
