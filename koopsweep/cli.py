@@ -361,6 +361,25 @@ def study_show(name: str, storage: str | None, as_json: bool) -> None:
     _print_summary(study_obj, spec, as_json=as_json)
 
 
+@study.command("report")
+@click.argument("name")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for index.html and the PNG figures (created if missing).")
+@STORAGE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the written files and the skipped figures as JSON.")
+def study_report(name: str, out_dir: str, storage: str | None, as_json: bool) -> None:
+    """Write an HTML page with figures for study NAME: optimization history, parameter importances, the
+    Pareto front (two objectives), and the best trial's loss curves and eigenvalues from MLflow."""
+    from koopsweep import report, sweep
+
+    _quiet_optuna()
+    url = sweep.resolve_storage(storage)
+    study_obj, spec = sweep.load_study(name, url)
+    result = report.write_report(study_obj, spec, out_dir, storage_url=url)
+    for line in result.warning_lines():
+        click.echo(f"warning: {line}", err=True)
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else str(result.index))
+
+
 @study.command("list")
 @STORAGE_OPTION
 @JSON_OPTION

@@ -1,4 +1,7 @@
-"""Figures: loss against wall-clock beside the baselines, and fitted eigenvalues on the unit circle."""
+"""Figures: loss against wall-clock beside the baselines, and fitted eigenvalues on the unit circle.
+
+Optuna's own figures (history, importances, Pareto front) come from `optuna.visualization.matplotlib`
+in `koopsweep.report`; this module only draws what Optuna has no plot for."""
 
 from __future__ import annotations
 
@@ -17,16 +20,23 @@ def _pyplot():
 
 def loss_vs_time(runs: Sequence, title: str = "", target: float | None = None):
     """Evaluation loss against training wall-clock for each run (`training.RunResult`), log scale."""
+    series = [(run.label, [p.time_s for p in run.curve], [p.loss for p in run.curve], bool(run.koopman)) for run in runs]
+    return loss_curves(series, title, target)
+
+
+def loss_curves(series: Sequence[tuple[str, Sequence[float], Sequence[float], bool]], title: str = "",
+                target: float | None = None):  # fmt: skip
+    """The same figure from plain curves: (label, wall-clock seconds, losses, accelerated?) per run, as
+    read back from MLflow's metric histories when a trial's own figure is not there."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for run in runs:
-        xs = [p.time_s for p in run.curve]
-        ys = [max(p.loss, 1e-30) for p in run.curve]
-        style = "-" if run.koopman else "--"
-        ax.plot(xs, ys, style, marker=".", markersize=3, label=run.label)
+    for label, xs, losses, accelerated in series:
+        ys = [max(y, 1e-30) for y in losses]
+        style = "-" if accelerated else "--"
+        ax.plot(list(xs), ys, style, marker=".", markersize=3, label=label)
     if target is not None and target > 0:
         ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label="target")
-    positive = all(p.loss > 0 for run in runs for p in run.curve)
+    positive = all(y > 0 for _, _, losses, _ in series for y in losses)
     if positive:
         ax.set_yscale("log")
     ax.set_xlabel("training wall-clock (s, evaluation excluded)")
@@ -52,6 +62,14 @@ def eigenvalues_on_circle(eigenvalues: Sequence[complex], title: str = ""):
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def save(fig, path, dpi: int = 110) -> None:
+    """Write a figure as PNG and free it (a report draws several; pyplot keeps every open one alive)."""
+    try:
+        fig.savefig(path, dpi=dpi, format="png")
+    finally:
+        close(fig)
 
 
 def close(fig) -> None:
