@@ -184,7 +184,7 @@ def study_run(
     --devices. Workers on other hosts join with 'koopsweep study run NAME --storage URL'.
     """
     from koopsweep import spec as specs
-    from koopsweep import sweep
+    from koopsweep import sweep, tracking
 
     _quiet_optuna()
     given = None
@@ -208,6 +208,8 @@ def study_run(
     device_list = _device_list(devices or spec.device)
     finished = sweep.finished_trials(study_obj)
     remaining = n_trials if n_trials is not None else spec.n_trials - finished
+    if remaining > 0:  # one line now rather than a failure inside every trial
+        tracking.check_tracking(sweep.study_tracking_uri(study_obj, spec))
     if remaining <= 0:
         if not quiet:
             click.echo(f"study {spec.name!r} already has its {spec.n_trials} trials; use --n-trials N to run more", err=True)

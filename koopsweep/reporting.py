@@ -37,11 +37,10 @@ def _curve_points(run, start_ms: int):
     return by_step, by_time
 
 
-def log_run_curves(tracker, run_id: str, run) -> None:
-    start_ms = int(time.time() * 1000)
-    by_step, by_time = _curve_points(run, start_ms)
-    tracker.log_curve(run_id, "loss", by_step)
-    tracker.log_curve(run_id, "loss_by_time_ms", by_time)
+def run_curves(run) -> dict[str, list[tuple[int, float, int]]]:
+    """The ``loss`` and ``loss_by_time_ms`` curves of a run, as `Tracker.log_run` takes them."""
+    by_step, by_time = _curve_points(run, int(time.time() * 1000))
+    return {"loss": by_step, "loss_by_time_ms": by_time}
 
 
 def log_trial(objective, trial, run_id: str, measurement) -> None:
@@ -51,27 +50,31 @@ def log_trial(objective, trial, run_id: str, measurement) -> None:
 
     tracker, spec = objective.tracker, objective.spec
     guarded = tracker.guarded
+    environment = {
+        **environment_params(objective.device),
+        "gpu_name": objective.device_name if objective.device.type == "cuda" else "none",
+    }
     params = {
         "task": spec.task,
         "optimizer": spec.optimizer,
         "lr": spec.lr or objective.lr(spec.optimizer),
         "budget": objective.budget,
-        "seeds": ",".join(map(str, spec.seeds)),
+        "seed": ",".join(map(str, spec.seeds)),  # the trial's seeds; a baseline run has one
         "variant": measurement.config.variant,
         **measurement.config.flat_params(),
         **{f"task.{k}": v for k, v in spec.task_params.items()},
-        **environment_params(objective.device),
+        **environment,
     }
-    guarded("log trial params", tracker.log_params, run_id, params)
     summary = trial_summary(measurement, spec)
     primary = measurement.for_baseline(spec.primary_baseline)
     metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
     metrics["time_to_target_s"] = median([c.koopman_time_s for c in primary])
     metrics["final_loss"] = median([r.final_loss for r in measurement.koopman_runs])
     metrics["reached"] = float(all(c.reached for c in primary))
-    guarded("log trial metrics", tracker.log_metrics, run_id, metrics)
     first = measurement.koopman_runs[0]
-    guarded("log trial curves", log_run_curves, tracker, run_id, first)
+    # Few round trips: each run's params, metrics and curves go in one log_batch call where they fit.
+    guarded("log the trial's params, metrics and curves", tracker.log_run, run_id,
+            params=params, metrics=metrics, curves=run_curves(first))  # fmt: skip
     for baseline in measurement.baseline_runs:
         child = guarded(
             "start a baseline run",
@@ -83,23 +86,28 @@ def log_trial(objective, trial, run_id: str, measurement) -> None:
         )
         if not child:
             continue
-        guarded("log baseline params", tracker.log_params, child,
-                {"task": spec.task, "optimizer": baseline.optimizer, "lr": baseline.lr, "seed": baseline.seed,
-                 "budget": objective.budget, **environment_params(objective.device)})  # fmt: skip
-        guarded("log baseline metrics", tracker.log_metrics, child,
-                {"final_loss": baseline.final_loss, "train_time_s": baseline.time_s,
-                 "seconds_per_step": baseline.seconds_per_step})  # fmt: skip
-        guarded("log baseline curves", log_run_curves, tracker, child, baseline)
+        guarded("log a baseline run", tracker.log_run, child,
+                params={"task": spec.task, "optimizer": baseline.optimizer, "lr": baseline.lr,
+                        "seed": baseline.seed, "budget": objective.budget, **environment},
+                metrics={"final_loss": baseline.final_loss, "train_time_s": baseline.time_s,
+                         "seconds_per_step": baseline.seconds_per_step},
+                curves=run_curves(baseline))  # fmt: skip
         guarded("end a baseline run", tracker.finish, child, "FINISHED")
     same_seed = [r for r in measurement.baseline_runs if r.seed == first.seed]
     target = next((c.target_loss for c in primary if c.seed == first.seed), None)
-    fig = plots.loss_vs_time([first, *same_seed], f"trial {trial.number}: {measurement.config.variant}", target)
-    guarded("log the loss figure", tracker.log_figure, run_id, fig, "loss_vs_time.png")
-    plots.close(fig)
+    figures = {
+        "loss_vs_time.png": plots.loss_vs_time(
+            [first, *same_seed], f"trial {trial.number}: {measurement.config.variant}", target
+        )
+    }
     if first.eigenvalues:
-        fig = plots.eigenvalues_on_circle(first.eigenvalues[:MAX_PLOTTED_EIGENVALUES], "last fit's eigenvalues")
-        guarded("log the eigenvalue figure", tracker.log_figure, run_id, fig, "eigenvalues.png")
-        plots.close(fig)
+        eigenvalues = first.eigenvalues[:MAX_PLOTTED_EIGENVALUES]
+        figures["eigenvalues.png"] = plots.eigenvalues_on_circle(eigenvalues, "last fit's eigenvalues")
+    try:
+        guarded("log the trial's figures", tracker.log_figures, run_id, figures)
+    finally:
+        for fig in figures.values():
+            plots.close(fig)
 
 
 # ----------------------------------------------------------------------------------- study view

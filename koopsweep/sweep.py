@@ -406,7 +406,7 @@ class Objective:
             if trial_run:  # tracking must never cost a measured result
                 self.tracker.guarded("log the trial", reporting.log_trial, self, trial, trial_run, measurement)
             return values
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, KeyboardInterrupt):  # pruned or interrupted: MLflow's KILLED
             status = "KILLED"
             raise
         except TrialFailed as exc:

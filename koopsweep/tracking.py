@@ -5,15 +5,17 @@ runs nest correctly when trials come from other processes or hosts and a stray `
 environment cannot capture them. Curves are sent with `log_batch`, at most 1,000 points per call.
 
 Tracking must never cost a result: `Tracker` methods used during a sweep catch MLflow errors, warn once
-and carry on (the Optuna storage still holds every trial).
+and carry on (the Optuna storage still holds every trial). While the tracking server is unreachable
+the tracker stops calling it for `OFFLINE_RETRY_S` seconds at a time, so an outage costs a trial a few
+seconds instead of minutes of retries per call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +25,29 @@ MAX_PARAMS = 100  # ... and on params per call
 
 ROLE_TAG = "koopsweep.role"
 STUDY_TAG = "koopsweep.study"
+
+#: Seconds during which a tracker that found the server unreachable skips tracking calls.
+OFFLINE_RETRY_S = 60.0
+
+#: MLflow's HTTP defaults (7 retries with doubling back-off, 120 s timeout) stall every call for
+#: minutes while a server is down. koopsweep's processes use these unless the user set their own.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # MLflow prints a "View run ... at: URL" line per ended run to stdout: noise, and with the password
+    # of a http://user:password@host tracking URI in it.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+log = logging.getLogger(__name__)
+
+
+def use_http_defaults() -> None:
+    """Short MLflow HTTP retries and timeouts for this process and the workers it starts."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def resolve_tracking_uri(spec_uri: str | None = None) -> str:
@@ -46,12 +71,63 @@ def mask_uri(uri: str) -> str:
     return redact(uri)
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error comes from a server that did not answer (refused, reset, timed out):
+    MLflow wraps the `requests` error, an OSError, in an MlflowException."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _describe(exc: BaseException, uri: str) -> str:
+    """A short, password-free account of a tracking error."""
+    if _unreachable(exc):
+        return "it does not answer: connection refused or timed out"
+    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    from urllib.parse import urlsplit
+
+    with contextlib.suppress(ValueError):
+        password = urlsplit(uri).password
+        if password:
+            text = text.replace(password, "***")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_tracking(uri: str) -> None:
+    """Fail in one line, before any trial starts, when the tracking store cannot be used.
+
+    A server that does not answer is a runtime failure (exit 1); any other error (an unknown scheme,
+    a path that cannot be a database) is bad input (exit 2). Reads only: nothing is logged.
+    """
+    from koopsweep.errors import KoopsweepError, UsageError
+
+    use_http_defaults()
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):  # MLflow would create the missing folders of a mistyped path
+        folder = os.path.dirname(uri.removeprefix("sqlite:///").split("?")[0])
+        if folder and not os.path.isdir(folder):
+            raise UsageError(f"MLflow tracking URI {mask_uri(uri)}: the folder {folder} does not exist")
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises many types; each becomes one line for the user
+        if _unreachable(exc):
+            raise KoopsweepError(
+                f"MLflow tracking at {mask_uri(uri)} is unreachable ({_describe(exc, uri)}); "
+                "start the tracking server or point MLFLOW_TRACKING_URI at a running one, then run again"
+            ) from None
+        raise UsageError(f"MLflow tracking URI {mask_uri(uri)} cannot be used ({_describe(exc, uri)})") from None
+
 
 class Tracker:
     """The study's MLflow experiment."""
 
     def __init__(self, tracking_uri: str, experiment_name: str) -> None:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        use_http_defaults()
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri
@@ -62,6 +138,7 @@ class Tracker:
         else:
             self.experiment_id = experiment.experiment_id
         self._warned = False
+        self._offline_since: float | None = None  # monotonic time of the last failed call
 
     # ------------------------------------------------------------------ runs
     def start_study_run(self, study_name: str, spec_json: str, params: Mapping[str, Any]) -> str:
@@ -91,41 +168,66 @@ class Tracker:
         for chunk in _chunks(items, MAX_PARAMS):
             self.client.log_batch(run_id, params=chunk)
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float | None], step: int = 0) -> None:
-        from mlflow.entities import Metric
+    def log_run(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float | None] | None = None,
+        curves: Mapping[str, Iterable[tuple[int, float, int]]] | None = None,
+    ) -> None:
+        """Params, summary metrics and curves (points of (step, value, timestamp in ms)) of a run in as
+        few `log_batch` calls as MLflow allows (each call is a round trip, and a trial logs several runs)."""
+        from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        for chunk in _chunks(items, MAX_BATCH):
-            self.client.log_batch(run_id, metrics=chunk)
+        param_items = [Param(str(k), _param_value(v)) for k, v in (params or {}).items()]
+        metric_items = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
+        for key, points in (curves or {}).items():
+            metric_items += [Metric(key, float(value), int(ts), int(step)) for step, value, ts in points]
+        while param_items or metric_items:
+            chunk_params, param_items = param_items[:MAX_PARAMS], param_items[MAX_PARAMS:]
+            room = MAX_BATCH - len(chunk_params)  # at most 1,000 entities per call in all
+            chunk_metrics, metric_items = metric_items[:room], metric_items[room:]
+            self.client.log_batch(run_id, metrics=chunk_metrics, params=chunk_params)
 
-    def log_curve(self, run_id: str, key: str, points: Iterable[tuple[int, float, int]]) -> None:
-        """Points are (step, value, timestamp in ms); sent in batches of at most 1,000."""
-        from mlflow.entities import Metric
+    def log_figures(self, run_id: str, figures: Mapping[str, Any]) -> None:
+        """Matplotlib figures as PNG artifacts of a run, uploaded in one call."""
+        import tempfile
 
-        items = [Metric(key, float(value), int(ts), int(step)) for step, value, ts in points]
-        for chunk in _chunks(items, MAX_BATCH):
-            self.client.log_batch(run_id, metrics=chunk)
-
-    def log_figure(self, run_id: str, figure: Any, name: str) -> None:
-        self.client.log_figure(run_id, figure, name)
+        with tempfile.TemporaryDirectory(prefix="koopsweep-figures-") as folder:
+            for name, figure in figures.items():
+                figure.savefig(os.path.join(folder, name), format="png")
+            self.client.log_artifacts(run_id, folder)
 
     # ---------------------------------------------------------------- safety
     def guarded(self, action: str, fn, *args, **kwargs) -> Any:
-        """Run a tracking call; on failure warn once for the whole process and return None."""
+        """Run a tracking call; on failure warn once for the whole process and return None.
+
+        After the server failed to answer, calls are skipped (None) for `OFFLINE_RETRY_S` seconds; the
+        first call after that tries it again. Calls nest (a trial's logging wraps its parts): a call
+        that saw a failure inside it does not count as proof that the server is back.
+        """
+        started = time.monotonic()
+        if self._offline_since is not None and started - self._offline_since < OFFLINE_RETRY_S:
+            return None
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as exc:  # MLflow raises many types (HTTP, SQL, REST); none may stop a sweep
+            if _unreachable(exc):
+                self._offline_since = time.monotonic()
             if not self._warned:
                 self._warned = True
-                warnings.warn(
-                    f"MLflow tracking at {mask_uri(self.uri)} failed while trying to {action} "
-                    f"({type(exc).__name__}: {exc}); the sweep goes on and Optuna keeps every result, "
-                    "but runs from now on may be missing from MLflow",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                log.warning(
+                    "Warning: MLflow tracking at %s failed while trying to %s (%s). The sweep goes on and "
+                    "Optuna keeps every result, but runs from now on may be missing from MLflow; "
+                    "koopsweep tries again every %.0f s and warns only once.",
+                    mask_uri(self.uri), action, _describe(exc, self.uri), OFFLINE_RETRY_S,
+                )  # fmt: skip
             return None
+        if self._offline_since is not None and self._offline_since < started:
+            self._offline_since = None  # it answered again
+        return result
 
 
 def _param_value(value: Any) -> str:
@@ -150,8 +252,20 @@ def runs_page_url(base_url: str, tracking_uri: str, study_name: str | None) -> s
     return f"{base_url}/#/experiments/{experiment.experiment_id}/runs"
 
 
-def start_ui_server(tracking_uri: str, *, host: str = "127.0.0.1", port: int = 5000, timeout: float = 60.0):
-    """Start ``mlflow server`` on ``tracking_uri`` and return its process once it answers /health."""
+def start_ui_server(
+    tracking_uri: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    timeout: float = 60.0,
+    default_artifact_root: str | None = None,
+):
+    """Start ``mlflow server`` on ``tracking_uri`` and return its process once it answers /health.
+
+    ``default_artifact_root`` is where experiments created through the server keep their artifacts
+    (MLflow's default is ``./mlartifacts`` in the current folder). The server's output goes to the
+    file named by the process's ``log_path`` attribute until `stop_server` removes it.
+    """
     import subprocess
     import sys
     import urllib.request
@@ -162,6 +276,8 @@ def start_ui_server(tracking_uri: str, *, host: str = "127.0.0.1", port: int = 5
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
         "--host", host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
+    if default_artifact_root:
+        command += ["--default-artifact-root", default_artifact_root]
     import tempfile
 
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
