@@ -23,7 +23,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from koopsweep import plugins
 from koopsweep.errors import KoopsweepError, UsageError, redact
 from koopsweep.spec import StudySpec, check_plugins, spec_from_json
-from koopsweep.tracking import Tracker, mask_uri, resolve_tracking_uri  # noqa: F401 (mask_uri re-exported)
+from koopsweep.tracking import Tracker, check_tracking, mask_uri, resolve_tracking_uri  # noqa: F401 (mask_uri re-exported)
 
 DEFAULT_STORAGE = "sqlite:///koopsweep.db"
 STORAGE_ENV = "KOOPSWEEP_STORAGE"
@@ -219,7 +219,14 @@ def create_study(spec: StudySpec, storage_url: str, *, tracking_uri: str | None 
     """Create the study (schema first, so workers started afterwards never race on a fresh database),
     store the spec inside it, and open its MLflow parent run."""
     check_plugins(spec)
-    storage = open_storage(storage_url)
+    # Everything that can be checked is checked before anything is written: the sampler's and pruner's
+    # arguments, a database server, the tracking store (reads only), and only then a storage file (opening
+    # one creates it).
+    sampler, pruner = build_sampler(spec), build_pruner(spec)
+    uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri)
+    storage = None if _storage_file(storage_url) else open_storage(storage_url)
+    check_tracking(uri)
+    storage = storage or open_storage(storage_url)
     if spec.name in _study_names(storage):
         raise UsageError(
             f"a study named {spec.name!r} already exists in {mask_uri(storage_url)}; "
@@ -228,13 +235,12 @@ def create_study(spec: StudySpec, storage_url: str, *, tracking_uri: str | None 
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        sampler=build_sampler(spec),
-        pruner=build_pruner(spec),
+        sampler=sampler,
+        pruner=pruner,
         directions=spec.directions,
     )
     study.set_user_attr(SPEC_ATTR, spec.dumps())
     study.set_user_attr(SAMPLER_ATTR, {"optuna": optuna.__version__, **spec.sampler})
-    uri = resolve_tracking_uri(spec.tracking_uri)
     study.set_user_attr(TRACKING_ATTR, mask_uri(uri))
     tracker = Tracker(uri, spec.name)
     parent = tracker.guarded(
