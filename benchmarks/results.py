@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,14 +63,15 @@ def run(names: list[str], out: Path, seeds: int) -> None:
 
 def summarize(out: Path) -> str:
     lines = [
-        "| configuration | vs | median speedup (IQR) | reached | step speedup | accepted | fit/step |",
+        "| configuration | vs | median speedup (quartiles) | reached | step speedup | accepted | fit/step |",
         "|---|---|---|---|---|---|---|",
     ]
     for path in sorted(out.glob("*.json")):
         report = json.loads(path.read_text())
         name = report.get("config_name", path.stem)
         for optimizer, s in report["summary"].items():
-            low, high = s["speedup_iqr"]
+            speedups = sorted(r["speedup_bound"] for r in report["results"] if r["optimizer"] == optimizer)
+            low, high = statistics.quantiles(speedups, n=4, method="inclusive")[::2] if len(speedups) > 1 else speedups * 2
             lines.append(
                 f"| {name} | {optimizer} | {s['median_speedup']:.2f}x ({low:.2f}-{high:.2f}) | "
                 f"{s['reached_fraction']:.0%} | {s['median_step_speedup']:.2f}x | "
