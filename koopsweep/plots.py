@@ -44,7 +44,7 @@ def loss_curves(series: Sequence[tuple[str, Sequence[float], Sequence[float], bo
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    _fixed_margins(fig)
     return fig
 
 
@@ -60,8 +60,14 @@ def eigenvalues_on_circle(eigenvalues: Sequence[complex], title: str = ""):
     ax.set_ylabel("Im λ")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    _fixed_margins(fig, left=0.19)
     return fig
+
+
+def _fixed_margins(fig, left: float = 0.14) -> None:
+    """Margins that fit these figures' labels. Cheaper than ``tight_layout``, which measured about 40% of
+    a figure's cost: the per-trial figures are drawn on the trial's clock (benchmarks/README.md)."""
+    fig.subplots_adjust(left=left, right=0.97, bottom=0.12, top=0.92)
 
 
 def save(fig, path, dpi: int = 110) -> None:
