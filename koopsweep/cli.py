@@ -169,7 +169,7 @@ def study_create(spec_file: str, storage: str | None) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting new trials after this many seconds.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes sharing the storage.")
 @click.option("--devices", help="Comma-separated devices (cpu, cuda, cuda:N) given to the workers in turn (default: the spec's).")
-@click.option("--heartbeat-interval", type=click.IntRange(min=1), help="Seconds between heartbeats (RDB storages): a trial whose worker died is failed and retried after twice that.")
+@click.option("--heartbeat-interval", type=click.IntRange(min=1), help="Seconds between heartbeats on RDB storages (default 60): a trial whose worker died is failed and retried after twice that.")
 @click.option("--until-total", type=int, hidden=True)
 @click.option("--worker-index", type=int, default=0, hidden=True)
 @click.option("--quiet", is_flag=True, hidden=True)

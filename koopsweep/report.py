@@ -26,7 +26,8 @@ from typing import Any
 
 from koopsweep import plots, reporting
 from koopsweep.errors import KoopsweepError, UsageError
-from koopsweep.tracking import ROLE_TAG, mask_uri, resolve_tracking_uri
+from koopsweep.sweep import study_tracking_uri
+from koopsweep.tracking import ROLE_TAG, mask_uri
 
 HISTORY = "history.png"
 IMPORTANCES = "importances.png"
@@ -102,7 +103,7 @@ def write_report(study, spec, out_dir: str | Path, *, storage_url: str | None = 
         raise UsageError(f"cannot create the report folder {out}: {exc.strerror or exc}") from None
 
     best = _best_trial(study, spec)
-    uri = tracking_uri or _tracking_uri(study, spec)
+    uri = tracking_uri or study_tracking_uri(study, spec)
     report = Report(study.study_name, out, best.number, uri)
     _optuna_figures(study, spec, complete, report)
     _trial_figures(study, spec, best, report)
@@ -185,19 +186,6 @@ def _optuna_figure(report: Report, name: str, draw) -> None:
 
 
 # ---------------------------------------------------------------------------- the trial's figures
-def _tracking_uri(study, spec) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the URI recorded when the study was created (absolute, so a
-    report written from another folder still finds the runs), else the spec's or the default."""
-    from koopsweep.sweep import TRACKING_ATTR
-
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return resolve_tracking_uri()
-    stored = study.user_attrs.get(TRACKING_ATTR)
-    if stored and "***" not in stored:  # a masked password cannot be used; the spec may hold it
-        return stored
-    return resolve_tracking_uri(spec.tracking_uri)
-
-
 def _unreachable(uri: str) -> str | None:
     """Why the tracking store cannot be read, found without waiting on MLflow's retries (None: try it)."""
     shown = mask_uri(uri)
