@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import platform
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -578,20 +579,44 @@ def run_worker(
         ) from None
     objective = Objective(spec, device, tracker, parent)
     callbacks = list(callbacks or [])
+    stopper = None
     if until_total is not None:
         stopper = StopAtTotal(until_total)
         if stopper.reached(study):
             return
         callbacks.append(stopper)
-    study.optimize(
-        objective,
-        n_trials=n_trials,
-        timeout=timeout,
-        catch=(TrialFailed,),
-        callbacks=callbacks,
-        gc_after_trial=False,
-        show_progress_bar=False,
-    )
+    started = time.monotonic()
+
+    def optimize(n: int | None) -> bool:
+        """Run trials; False once the timeout has passed."""
+        left = None if timeout is None else timeout - (time.monotonic() - started)
+        if left is not None and left <= 0:
+            return False
+        study.optimize(
+            objective, n_trials=n, timeout=left, catch=(TrialFailed,), callbacks=callbacks,
+            gc_after_trial=False, show_progress_bar=False,
+        )  # fmt: skip
+        return True
+
+    if not optimize(n_trials) or stopper is None:
+        return
+    # The shared target counts other workers' running trials. Stay while there are any: if one of those
+    # workers dies, its trial is failed once its heartbeat is stale and queued again, and a worker must be
+    # left to run it (without heartbeats a dead trial is never noticed, so there is nothing to wait for).
+    interval = _heartbeat_interval(study)
+    while interval and study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if timeout is not None and time.monotonic() - started >= timeout:
+            return
+        time.sleep(interval)
+        if not stopper.reached(study) and not optimize(None):  # a retry was queued: run it
+            return
+
+
+def _heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between heartbeats of ``study``'s storage, or None when it sends none."""
+    storage = study._storage  # Optuna's own heartbeat helpers take the study's storage the same way
+    interval = getattr(storage, "get_heartbeat_interval", None)  # RDB storages; None when disabled
+    return interval() if interval is not None else None
 
 
 def worker_command(
