@@ -561,7 +561,9 @@ def run_worker(
     until_total: int | None = None,
 ) -> None:
     """Run trials of ``study`` in this process until ``n_trials`` more have finished, the study holds
-    ``until_total`` trials, or time runs out."""
+    ``until_total`` trials, or time runs out. With ``until_total`` on a storage with heartbeats, the
+    worker then waits (polling every heartbeat interval) while other workers' trials are running, and
+    runs any of them that is retried because its worker died."""
     from koopsweep.devices import resolve_device
 
     device = resolve_device(device_name or spec.device)
