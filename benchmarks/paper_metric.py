@@ -24,15 +24,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from koopsweep import plugins
-from koopsweep.devices import resolve_device, synchronize
+from koopsweep.devices import resolve_device, time_call
 
 HORIZONS = (10, 50, 100, 250, 500, 1000, 2500)
 VARIANTS = ("dmd-node", "dmd-global", "extrapolate-linear")
@@ -76,14 +74,6 @@ class Trajectory:
         return [torch.stack([s[i] for s in chunk]) for i in range(len(self.params))]
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def prediction_errors(traj: Trajectory, window: int, ends: list[int]) -> dict[str, dict[int, float]]:
     """Median over the windows ending at ``ends`` of the error ratio, per variant and horizon."""
     out: dict[str, dict[int, float]] = {}
@@ -112,13 +102,13 @@ def window_local(traj: Trajectory, window: int, device: torch.device, repeats: i
         for h in HORIZONS:
             t_steps, t_jump = [], []
             for _ in range(repeats):
-                t_steps.append(timed(lambda: traj.advance(h, record=False), device))
+                t_steps.append(time_call(lambda: traj.advance(h, record=False), device))
 
                 def jump(h=h) -> None:
                     variant.fit(snaps)
                     variant.predict(h)
 
-                t_jump.append(timed(jump, device))
+                t_jump.append(time_call(jump, device))
             ratios[h] = statistics.median(t_steps) / statistics.median(t_jump)
         out[name] = ratios
     return out

@@ -24,26 +24,28 @@ from koopsweep.bench import BenchSettings, run_bench
 
 OPTIMIZERS = ["adam", "adadelta"]
 
-#: name -> (task, variant, params), params as in `koopsweep bench --param`: every task (and the
-#: oscillator's stochastic form) with dmd-global against the extrapolate-linear control, each under the
-#: verify and the adaptive rule. Windows and horizons: the oscillator's bench defaults, shorter ones for
-#: the tasks with 300-1,000-step budgets.
-CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {}
+def _series() -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """name -> (task, variant, params), params as in `koopsweep bench --param`: every task (and the
+    oscillator's stochastic form) with dmd-global against the extrapolate-linear control, each under the
+    verify and the adaptive rule. Windows and horizons: the oscillator's bench defaults, shorter ones for
+    the tasks with 300-1,000-step budgets."""
+    configs = {}
+    for label, task, extra in (
+        ("hnn-oscillator", "hnn-oscillator", {}),
+        ("hnn-oscillator-stochastic", "hnn-oscillator", {"task.batch_size": 200}),
+        ("mnist1d-mlp", "mnist1d-mlp", {}),
+        ("digits-mlp", "digits-mlp", {}),
+        ("teacher-student", "teacher-student", {}),
+    ):
+        window, horizon = (16, 100) if task == "hnn-oscillator" else (8, 40)
+        for variant in ("dmd-global", "extrapolate-linear"):
+            for rule in ("verify", "adaptive"):
+                params = {"window": window, "horizon": horizon, **extra, "fallback": rule}
+                configs[f"{label}:{variant}:{rule}"] = (task, variant, params)
+    return configs
 
-for _task, _extra in (
-    ("hnn-oscillator", {}),
-    ("hnn-oscillator-stochastic", {"task.batch_size": 200}),
-    ("mnist1d-mlp", {}),
-    ("digits-mlp", {}),
-    ("teacher-student", {}),
-):
-    _name = _task.removesuffix("-stochastic")
-    _window, _horizon = (16, 100) if _name == "hnn-oscillator" else (8, 40)
-    _common = {"window": _window, "horizon": _horizon, **_extra}
-    for _variant in ("dmd-global", "extrapolate-linear"):
-        for _rule in ("verify", "adaptive"):
-            CONFIGS[f"{_task}:{_variant}:{_rule}"] = (_name, _variant, {**_common, "fallback": _rule})
 
+CONFIGS = _series()
 
 # The adaptive rule allowed to grow the horizon 32-fold (to 1,280 steps) where 8-fold was still accepted.
 CONFIGS["teacher-student:dmd-global:adaptive-x32"] = (

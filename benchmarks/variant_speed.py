@@ -27,12 +27,12 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from koopsweep.devices import time_call
 from koopsweep.variants._dmd import FixedPointDMD, GlobalDMD, HankelDMD, LayerDMD
 from koopsweep.variants._linear import LinearExtrapolation
 from koopsweep.variants._node import NodeDMD
@@ -51,19 +51,6 @@ VARIANTS: list[tuple[str, type, dict[str, Any]]] = [
     ("dmd-node q=1 solver=gram", NodeDMD, {"solver": "gram", "q": 1}),
     ("extrapolate-linear", LinearExtrapolation, {}),
 ]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def clock(fn: Callable[[], Any], device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def mlp(sizes: list[int], act: type[torch.nn.Module] = torch.nn.ReLU) -> torch.nn.Sequential:
@@ -124,17 +111,17 @@ def time_one(trainer: MLPTrainer, variant: Any, snaps: list[torch.Tensor], repea
     def predict() -> None:
         variant.predict(100)
 
-    t_first = clock(fit, device)  # warm-up (allocates the workspace)
-    clock(predict, device)
+    t_first = time_call(fit, device)  # warm-up (allocates the workspace)
+    time_call(predict, device)
     if t_first >= 0.25:  # slow variants (dmd-node on wide layers): about two seconds of repeats
         repeats = max(2, min(repeats, int(2.0 / t_first)))
     fit_t, pred_t, step_t = [], [], []
     # Steps are timed between the fits (the snapshots stay those of the window): on a shared machine
     # the ratio then compares times taken under the same load.
     for _ in range(repeats):
-        step_t.append(clock(trainer.step, device))
-        fit_t.append(clock(fit, device))
-        pred_t.append(clock(predict, device))
+        step_t.append(time_call(trainer.step, device))
+        fit_t.append(time_call(fit, device))
+        pred_t.append(time_call(predict, device))
     row = {
         "fit_ms": statistics.median(fit_t) * 1e3,
         "predict_ms": statistics.median(pred_t) * 1e3,
@@ -152,7 +139,7 @@ def time_variants(args: argparse.Namespace, device: torch.device) -> dict[str, A
     n_params = sum(p.numel() for p in trainer.params)
     for _ in range(30):
         trainer.step()
-    steps = [clock(trainer.step, device) for _ in range(args.step_repeats)]
+    steps = [time_call(trainer.step, device) for _ in range(args.step_repeats)]
     t_step = statistics.median(steps)
     print(f"\n## 784-256-256-10 MLP ({n_params:,} parameters), batch 128, Adam, {device}")
     q1, _, q3 = statistics.quantiles(steps, n=4)
@@ -204,7 +191,7 @@ def window_local(args: argparse.Namespace, device: torch.device) -> dict[str, An
         for _ in range(horizon):
             step()
 
-    t_steps = statistics.median(clock(run, device) for _ in range(args.local_repeats))
+    t_steps = statistics.median(time_call(run, device) for _ in range(args.local_repeats))
     hist = []
     for _ in range(50):
         step()
@@ -217,7 +204,7 @@ def window_local(args: argparse.Namespace, device: torch.device) -> dict[str, An
         variant.predict(horizon)
 
     jump()
-    t_jump = statistics.median(clock(jump, device) for _ in range(args.repeats * 3))
+    t_jump = statistics.median(time_call(jump, device) for _ in range(args.repeats * 3))
     ratio = t_steps / t_jump
     n = sum(p.numel() for p in params)
     print(f"\n## Window-local ratio: 1-10-10-2 sine network ({n} parameters), Adadelta, full batch of 200, {device}")

@@ -33,6 +33,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_call(fn, device: torch.device) -> float:
+    """Wall-clock seconds of ``fn()``, with the device synchronized before and after (for benchmarks)."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def device_label(device: torch.device) -> str:
     """``cpu`` or the GPU's product name, for logs and result tables."""
     if device.type == "cuda":

@@ -48,32 +48,29 @@ class MlflowServer:
         stop_server(self.process)
 
 
-def _start(folder: Path, template: Path) -> MlflowServer:
+def _serve(tmp_path_factory, empty_mlflow_db):
+    """A server on a free loopback port, over a copy of the already migrated, empty store (a fresh one
+    runs dozens of migrations, up to a minute on a loaded 2-core machine, before the server answers)."""
     from koopsweep.tracking import start_ui_server
 
-    # A copy of an already migrated, empty store: a fresh one runs dozens of migrations (up to a
-    # minute on a loaded 2-core machine) before the server answers.
-    shutil.copy(template, folder / "srv.db")
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    shutil.copy(empty_mlflow_db, folder / "srv.db")
     port = free_port()
     process = start_ui_server(
         f"sqlite:///{folder / 'srv.db'}", port=port, default_artifact_root=str(folder / "artifacts"), timeout=120
     )
-    return MlflowServer(folder, port, process)
+    server = MlflowServer(folder, port, process)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory, empty_mlflow_db):
-    server = _start(tmp_path_factory.mktemp("mlflow-server"), empty_mlflow_db)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve(tmp_path_factory, empty_mlflow_db)
 
 
 @pytest.fixture
 def fresh_mlflow_server(tmp_path_factory, empty_mlflow_db):
-    server = _start(tmp_path_factory.mktemp("mlflow-server"), empty_mlflow_db)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve(tmp_path_factory, empty_mlflow_db)

@@ -52,15 +52,15 @@ class Adaptive(FallbackRule):
     def validate_params(self) -> None:
         _check_tol(self)
         p = self.params
-        for name, low, high, hint in (
-            ("grow", 1.0, math.inf, "a number >= 1"),
-            ("shrink", 0.0, 1.0, "a number in (0, 1]"),
-            ("max_factor", 1.0, math.inf, "a number >= 1"),
-            ("min_factor", 0.0, 1.0, "a number in (0, 1]"),
+        at_least_one, in_unit_interval = (lambda v: v >= 1.0), (lambda v: 0.0 < v <= 1.0)
+        for name, in_range, hint in (
+            ("grow", at_least_one, "a number >= 1"),
+            ("shrink", in_unit_interval, "a number in (0, 1]"),
+            ("max_factor", at_least_one, "a number >= 1"),
+            ("min_factor", in_unit_interval, "a number in (0, 1]"),
         ):
             value = p[name]
-            ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-            ok = ok and (low < value <= high if low == 0.0 else low <= value <= high)
+            ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and in_range(value)
             require(ok, self, name, value, hint)
             p[name] = float(value)
 
