@@ -43,6 +43,8 @@ __all__ = ["AcceleratorStats", "KoopmanAccelerator"]
 Closure = Callable[[], Any]
 
 RESET_STATES = ("keep", "reset")
+#: What a snapshot holds: the iterate at the end of its ``stride`` block, or the mean of the block's iterates.
+SNAPSHOT_MODES = ("last", "mean")
 
 #: At most this many eigenvalues (the largest in modulus) are kept in ``stats.last_eigenvalues``.
 MAX_EIGENVALUES_KEPT = 256
@@ -214,6 +216,10 @@ class KoopmanAccelerator:
         fallback: a registered rule name (``none``, ``verify``, ``backtrack``, ``best-of``), built with
             ``fallback_params``, or a `FallbackRule` instance.
         stride: record a snapshot every ``stride`` inner steps.
+        snapshot: ``"last"`` records the weights after every ``stride``-th step; ``"mean"`` records the mean
+            of the ``stride`` iterates since the previous snapshot, which averages out minibatch noise and
+            oscillation before the fit (one extra fused add per step). The jump then continues the averaged
+            trajectory, whose last point lags the current weights by about ``(stride - 1) / 2`` steps.
         burn_in: inner steps before snapshots start being recorded.
         reset_state: ``"keep"`` or ``"reset"`` the inner optimizer's per-parameter state after an accepted
             jump.
@@ -237,6 +243,7 @@ class KoopmanAccelerator:
         fallback: str | FallbackRule = "verify",
         fallback_params: dict[str, Any] | None = None,
         stride: int = 1,
+        snapshot: str = "last",
         burn_in: int = 0,
         reset_state: str = "keep",
         max_jump_ratio: float | None = None,
@@ -253,6 +260,11 @@ class KoopmanAccelerator:
                 f"KoopmanAccelerator: reset_state={reset_state!r} is invalid; expected one of {', '.join(RESET_STATES)}"
             )
         self._reset_state = reset_state
+        if snapshot not in SNAPSHOT_MODES:
+            raise ParameterError(
+                f"KoopmanAccelerator: snapshot={snapshot!r} is invalid; expected one of {', '.join(SNAPSHOT_MODES)}"
+            )
+        self._snapshot = snapshot
         self._max_jump_ratio = _ratio_option("max_jump_ratio", max_jump_ratio, allow_none=True)
         self._explode_ratio = _ratio_option("explode_ratio", explode_ratio, allow_none=False)
         self.variant = _build_variant(variant, variant_params)
@@ -273,6 +285,7 @@ class KoopmanAccelerator:
     window = property(lambda self: self._window, doc="Snapshots per fit.")
     horizon = property(lambda self: self._horizon, doc="Inner steps a jump predicts ahead.")
     stride = property(lambda self: self._stride, doc="Inner steps between snapshots.")
+    snapshot = property(lambda self: self._snapshot, doc='"last" or "mean" iterate of each stride block.')
     burn_in = property(lambda self: self._burn_in, doc="Inner steps before the first snapshot.")
     reset_state = property(lambda self: self._reset_state, doc='"keep" or "reset".')
     max_jump_ratio = property(lambda self: self._max_jump_ratio, doc="Cap on a jump vs linear extrapolation.")
@@ -315,7 +328,7 @@ class KoopmanAccelerator:
         return (
             f"KoopmanAccelerator({type(self.optimizer).__name__}, variant={self.variant!r}, "
             f"fallback={self.fallback!r}, window={self._window}, horizon={self._horizon}, stride={self._stride}, "
-            f"burn_in={self._burn_in}, reset_state={self._reset_state!r}, max_jump_ratio={self._max_jump_ratio}, "
+            f"snapshot={self._snapshot!r}, burn_in={self._burn_in}, reset_state={self._reset_state!r}, max_jump_ratio={self._max_jump_ratio}, "
             f"explode_ratio={self._explode_ratio})"
         )
 
@@ -338,11 +351,29 @@ class KoopmanAccelerator:
         if stats.inner_steps <= self._burn_in:
             return
         self._cycle_steps += 1
-        if self._cycle_steps % self._stride == 0 and self._filled < self._window:
-            with torch.no_grad():
-                _foreach_copy(self._slots[self._filled], self._params)
+        if self._filled >= self._window:
+            return
+        block_done = self._cycle_steps % self._stride == 0
+        slot = self._slots[self._filled]
+        with torch.no_grad():
+            if self._snapshot == "last" or self._stride == 1:
+                if block_done:
+                    _foreach_copy(slot, self._params)
+            elif self._cycle_steps % self._stride == 1:  # the block's first iterate starts the sum in place
+                _foreach_copy(slot, self._params)
+            else:
+                torch._foreach_add_(slot, self._params)
+                if block_done:
+                    torch._foreach_mul_(slot, 1.0 / self._stride)
+        if block_done:
             self._filled += 1
             stats.snapshots_recorded += 1
+
+    def _summing(self) -> bool:
+        """Whether a ``snapshot="mean"`` block is part-way summed into the next free slot."""
+        return (
+            self._snapshot == "mean" and self._filled < self._window and self._cycle_steps % self._stride != 0
+        )
 
     def _clock(self) -> float:
         if self._on_cuda:
@@ -491,9 +522,12 @@ class KoopmanAccelerator:
                 "version": _STATE_VERSION,
                 "window": self._window,
                 "stride": self._stride,
+                "snapshot": self._snapshot,
                 "filled": self._filled,
                 "cycle_steps": self._cycle_steps,
                 "snapshots": [buf[: self._filled].clone() for buf in self._buffers],
+                # snapshot="mean" mid-block: the running sum of the block so far, in the next slot.
+                "partial": [buf[self._filled].clone() for buf in self._buffers] if self._summing() else None,
                 "stats": self.stats.to_dict(),
             },
         }
@@ -512,10 +546,12 @@ class KoopmanAccelerator:
             ) from None
         if version != _STATE_VERSION:
             raise ParameterError(f"KoopmanAccelerator.load_state_dict: unsupported state version {version!r}")
-        if window != self._window or stride != self._stride:
+        snapshot = acc.get("snapshot", "last")
+        if (window, stride, snapshot) != (self._window, self._stride, self._snapshot):
             raise ParameterError(
-                f"KoopmanAccelerator.load_state_dict: the state was saved with window={window}, stride={stride} but "
-                f"this accelerator has window={self._window}, stride={self._stride}; use the same values to resume"
+                f"KoopmanAccelerator.load_state_dict: the state was saved with window={window}, stride={stride}, "
+                f"snapshot={snapshot!r} but this accelerator has window={self._window}, stride={self._stride}, "
+                f"snapshot={self._snapshot!r}; use the same values to resume"
             )
         if len(snapshots) != len(self._buffers) or any(
             tuple(s.shape) != (filled, *b.shape[1:]) for s, b in zip(snapshots, self._buffers)
@@ -530,6 +566,13 @@ class KoopmanAccelerator:
                 buf[:filled].copy_(saved)
         self._filled = int(filled)
         self._cycle_steps = int(cycle_steps)
+        partial = acc.get("partial")
+        if self._summing():
+            if partial is None or len(partial) != len(self._buffers):
+                raise ParameterError("KoopmanAccelerator.load_state_dict: the state lacks the running snapshot sum")
+            with torch.no_grad():
+                for buf, saved in zip(self._buffers, partial):
+                    buf[self._filled].copy_(saved)
         self.stats = AcceleratorStats.from_dict(stats)
 
 

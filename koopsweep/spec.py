@@ -32,6 +32,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "horizon": {"low": 10, "high": 500, "log": True},
     "fallback": "verify",
     "stride": 1,
+    "snapshot": "last",
     "burn_in": 0,
     "reset_state": "keep",
 }
@@ -226,13 +227,16 @@ def _check_search_values(check: _Checker, search: dict[str, SearchField]) -> Non
     for v in f.values() + [v for v in (f.low, f.high) if v is not None]:
         if not isinstance(v, int) or v < 0:
             check.fail("search.burn_in", f"values must be integers >= 0, got {v!r}")
-    for name in ("fallback", "reset_state"):
+    for name in ("fallback", "reset_state", "snapshot"):
         f = search[name]
         if f.low is not None:
             check.fail(f"search.{name}", "takes a name or a list of names, not a range")
     for v in search["reset_state"].values():
         if v not in ("keep", "reset"):
             check.fail("search.reset_state", f"{v!r} is not one of keep, reset")
+    for v in search["snapshot"].values():
+        if v not in ("last", "mean"):
+            check.fail("search.snapshot", f"{v!r} is not one of last, mean")
 
 
 TOP_LEVEL = {

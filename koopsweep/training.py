@@ -47,6 +47,7 @@ class KoopmanConfig:
     fallback: str = "verify"
     fallback_params: dict[str, Any] = field(default_factory=dict)
     stride: int = 1
+    snapshot: str = "last"
     burn_in: int = 0
     reset_state: str = "keep"
 
@@ -58,6 +59,7 @@ class KoopmanConfig:
             fallback=self.fallback,
             fallback_params=dict(self.fallback_params),
             stride=self.stride,
+            snapshot=self.snapshot,
             burn_in=self.burn_in,
             reset_state=self.reset_state,
             **self.variant_params,

@@ -342,6 +342,44 @@ def test_snapshot_schedule_and_last_snapshot_is_current():
     assert acc.stats.rejections == {"spy": 5}
 
 
+def test_mean_snapshots_average_each_stride_block():
+    window, stride, burn_in = 3, 4, 2
+    variant = Scaled()
+    model = mlp()
+    acc = KoopmanAccelerator(
+        torch.optim.SGD(model.parameters(), lr=0.1), variant, window=window, horizon=8, fallback=Spy(),
+        stride=stride, burn_in=burn_in, snapshot="mean",
+    )  # fmt: skip
+    trajectory = [[p.detach().clone() for p in model.parameters()]]
+    for batch in batches(2 * (window * stride + 1) + burn_in):
+        acc.step(mlp_closure(model, acc, batch))
+        trajectory.append([p.detach().clone() for p in model.parameters()])
+    assert len(variant.snapshots) == 2
+    starts = [burn_in, burn_in + window * stride]  # the jump call's own inner step opens the second window
+    for fitted, start in zip(variant.snapshots, starts):
+        for i in range(window):
+            block = trajectory[start + stride * i + 1 : start + stride * (i + 1) + 1]
+            for k, snap in enumerate(fitted):
+                expected = torch.stack([state[k] for state in block]).mean(0)
+                torch.testing.assert_close(snap[i], expected, rtol=1e-6, atol=1e-7)
+                # not the block's last iterate (what snapshot="last" records)
+                assert not torch.equal(snap[i], block[-1][k])
+    assert acc.snapshot == "mean" and "snapshot='mean'" in repr(acc)
+
+
+def test_mean_snapshots_with_stride_one_are_the_iterates():
+    def run(snapshot):
+        model, variant = mlp(), Scaled()
+        acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), variant, window=4, horizon=3,
+                                 fallback=Spy(), snapshot=snapshot)  # fmt: skip
+        for batch in batches(10):
+            acc.step(mlp_closure(model, acc, batch))
+        return variant.snapshots
+
+    for a, b in zip(run("mean"), run("last")):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def test_snapshot_counts():
     model = mlp()
     acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=4, horizon=5,
@@ -666,6 +704,35 @@ def test_state_dict_round_trip(save_after):
     assert counters(acc.stats) == counters(resumed.stats)
 
 
+@pytest.mark.parametrize("save_after", [6, 7, 9])  # mid-block, at a block's end, with a jump due
+def test_state_dict_round_trip_keeps_a_part_summed_mean_snapshot(save_after):
+    data = batches(40)
+
+    def make(model):
+        return KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
+                                  horizon=6, fallback="verify", stride=3, snapshot="mean", burn_in=1)  # fmt: skip
+
+    model, resumed_model = mlp(), mlp()
+    acc, resumed = make(model), make(resumed_model)
+    for batch in data[:save_after]:
+        acc.step(mlp_closure(model, acc, batch))
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": acc.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed_model.load_state_dict(saved["model"])
+    resumed.load_state_dict(saved["optimizer"])
+    for batch in data[save_after:]:
+        acc.step(mlp_closure(model, acc, batch))
+        resumed.step(mlp_closure(resumed_model, resumed, batch))
+    assert_same_params(model, resumed_model)
+    assert acc.stats.jumps_tried >= 3 and acc.stats.jumps_tried == resumed.stats.jumps_tried
+    # a state saved with the other snapshot mode is refused, naming both
+    other = KoopmanAccelerator(torch.optim.Adam(mlp().parameters(), lr=2e-2), Scaled(), window=3, stride=3)
+    with pytest.raises(ParameterError, match="snapshot='mean'.*snapshot='last'"):
+        other.load_state_dict(saved["optimizer"])
+
+
 def test_load_state_dict_rejects_a_different_window():
     model = mlp()
     acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=4, fallback="none")
@@ -737,6 +804,7 @@ def _sgd():
         ({"stride": 0}, "stride=0"),
         ({"burn_in": -1}, "burn_in=-1"),
         ({"reset_state": "clear"}, "reset_state='clear'"),
+        ({"snapshot": "median"}, "snapshot='median'"),
         ({"max_jump_ratio": 0.0}, "max_jump_ratio"),
         ({"max_jump_ratio": -1}, "max_jump_ratio"),
         ({"explode_ratio": 0}, "explode_ratio"),

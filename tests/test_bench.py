@@ -60,6 +60,8 @@ def test_param_sorting_and_errors():
     config, task_params = split_params("dmd-global", {"window": 8, "rank": 3, "task.hidden": 16, "verify.tol": 0.1})
     assert config.window == 8 and config.variant_params == {"rank": 3}
     assert config.fallback_params == {"tol": 0.1} and task_params == {"hidden": 16}
+    config, _ = split_params("dmd-global", {"stride": 4, "snapshot": "mean"})
+    assert config.accelerator_kwargs()["snapshot"] == "mean" and config.flat_params()["snapshot"] == "mean"
     with pytest.raises(UsageError, match="not a parameter of variant"):
         split_params("dmd-global", {"bogus": 1})
     with pytest.raises(UsageError, match="fallback rule is 'verify'"):

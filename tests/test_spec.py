@@ -30,12 +30,14 @@ window = 12
 horizon = {low = 10, high = 400, log = true}
 fallback = ["verify", "backtrack"]
 burn_in = {low = 0, high = 100, step = 10}
+snapshot = ["last", "mean"]
 """))
     assert spec.search["window"].distribution() is None and spec.search["window"].fixed == 12
     horizon = spec.search["horizon"].distribution()
     assert (horizon.low, horizon.high, horizon.log) == (10, 400, True)
     assert spec.search["fallback"].distribution().choices == ("verify", "backtrack")
     assert spec.search["burn_in"].distribution().step == 10
+    assert spec.search["snapshot"].distribution().choices == ("last", "mean")
 
 
 def test_round_trip_through_the_study_json(tmp_path):
@@ -85,6 +87,7 @@ BAD = [
     (MINIMAL + "[search]\nhorizon = []\n", "'search.horizon'"),
     (MINIMAL + "[search]\nfallback = {low = 1, high = 2}\n", "'search.fallback'"),
     (MINIMAL + "[search]\nreset_state = 'sometimes'\n", "'search.reset_state'"),
+    (MINIMAL + "[search]\nsnapshot = ['last', 'median']\n", "'search.snapshot'"),
     (MINIMAL + "[search]\nburn_in = -5\n", "'search.burn_in'"),
     (MINIMAL + "name = 'a/b'\n", None),  # duplicate key: TOML error
     ('name = "a/b"\ntask = "digits-mlp"\n', "'name'"),
