@@ -106,6 +106,9 @@ class StudySpec:
     variants: list[str] | None = None
     device: str = "auto"
     search: dict[str, SearchField] = field(default_factory=dict)
+    # Pinned plugin parameters, by plugin name: the rest of a plugin's space is still searched.
+    variant_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fallback_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     objective: str = "speedup"
     target: str = "final"
     cap_factor: float = 2.0
@@ -242,8 +245,22 @@ def _check_search_values(check: _Checker, search: dict[str, SearchField]) -> Non
 TOP_LEVEL = {
     "name", "description", "task", "task_params", "optimizer", "lr", "baselines", "budget", "seeds",
     "n_trials", "variants", "device", "search", "objective", "target", "cap_factor", "sampler", "pruner",
-    "storage", "tracking_uri",
+    "storage", "tracking_uri", "variant_params", "fallback_params",
 }  # fmt: skip
+
+
+def _pinned(check: _Checker, data: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    """A ``[variant_params.NAME]`` / ``[fallback_params.NAME]`` table: fixed values per plugin."""
+    raw = check.typed(data, key, dict, {}, "a table of tables, one per plugin name")
+    for plugin, values in raw.items():
+        if not isinstance(values, dict):
+            check.fail(f"{key}.{plugin}", f"expected a table of fixed parameter values, got {values!r}")
+        for name, value in values.items():
+            if isinstance(value, (dict, list)):
+                check.fail(f"{key}.{plugin}.{name}", f"takes one fixed value, got {value!r}")
+            if isinstance(value, float):
+                check.finite(f"{key}.{plugin}.{name}", value)
+    return {plugin: dict(values) for plugin, values in raw.items()}
 
 
 def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
@@ -294,6 +311,8 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
     check.unknown(raw_search, set(SEARCH_DEFAULTS), "search.")
     search = {k: _search_field(check, k, raw_search.get(k, SEARCH_DEFAULTS[k])) for k in SEARCH_DEFAULTS}
     _check_search_values(check, search)
+    variant_params = _pinned(check, data, "variant_params")
+    fallback_params = _pinned(check, data, "fallback_params")
     objective = check.choice(data, "objective", OBJECTIVES, "speedup")
     target = check.choice(data, "target", TARGETS, "final")
     cap_factor = check.typed(data, "cap_factor", (int, float), 2.0, "a number >= 1")
@@ -324,7 +343,8 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
         name=name, task=task, task_params=task_params,
         description=check.typed(data, "description", str, "", "a string"),
         optimizer=optimizer, lr=lr, baselines=list(baselines), budget=budget, seeds=list(seeds),
-        n_trials=n_trials, variants=variants, device=device, search=search, objective=objective,
+        n_trials=n_trials, variants=variants, device=device, search=search, variant_params=variant_params,
+        fallback_params=fallback_params, objective=objective,
         target=target, cap_factor=float(cap_factor), sampler=sampler, pruner=pruner, storage=storage,
         tracking_uri=tracking_uri,
     )  # fmt: skip
@@ -376,3 +396,23 @@ def check_plugins(spec: StudySpec) -> None:
         known("variants", v, "variants")
     for rule in spec.search["fallback"].values():
         known("fallbacks", rule, "search.fallback")
+    for kind, pinned, offered in (
+        ("variants", spec.variant_params, spec.variants),
+        ("fallbacks", spec.fallback_params, spec.search["fallback"].values()),
+    ):
+        key = f"{kind[:-1]}_params"
+        for name, values in pinned.items():
+            known(kind, name, f"{key}.{name}")
+            if offered is not None and name not in offered:
+                raise SpecError(f"{spec.name}: field '{key}.{name}': the study never uses {name!r} ({', '.join(offered)})")
+            cls = plugins.load_variant(name) if kind == "variants" else plugins.load_fallback(name)
+            unknown = sorted(set(values) - set(cls.defaults))
+            if unknown:
+                raise SpecError(
+                    f"{spec.name}: field '{key}.{name}.{unknown[0]}': not a parameter of {name!r} "
+                    f"({', '.join(cls.defaults) or 'none'})"
+                )
+            try:
+                cls(**values)
+            except ParameterError as exc:
+                raise SpecError(f"{spec.name}: field '{key}.{name}': {exc}") from None

@@ -324,19 +324,27 @@ def variant_names(spec: StudySpec) -> list[str]:
     return usable
 
 
+def _plugin_params(trial: optuna.Trial, name: str, cls: Any, pinned: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A plugin's parameters: those the spec pins, then the rest of its declared space, sampled as
+    ``<name>.<param>``."""
+    fixed = dict(pinned.get(name, {}))
+    sampled = {k: suggest(trial, f"{name}.{k}", d) for k, d in cls.search_space().items() if k not in fixed}
+    return {**fixed, **sampled}
+
+
 def suggest_config(trial: optuna.Trial, spec: StudySpec, variants: list[str]):
     """Define-by-run: the variant first, then its own space, then the shared knobs and the rule's space."""
     from koopsweep.training import KoopmanConfig
 
     variant = trial.suggest_categorical("variant", variants)
     variant_cls = plugins.load_variant(variant)
-    variant_params = {k: suggest(trial, f"{variant}.{k}", d) for k, d in variant_cls.search_space().items()}
+    variant_params = _plugin_params(trial, variant, variant_cls, spec.variant_params)
     shared = {}
     for name, field in spec.search.items():
         dist = field.distribution()
         shared[name] = field.fixed if dist is None else suggest(trial, name, dist)
     rule_cls = plugins.load_fallback(shared["fallback"])
-    rule_params = {k: suggest(trial, f"{shared['fallback']}.{k}", d) for k, d in rule_cls.search_space().items()}
+    rule_params = _plugin_params(trial, shared["fallback"], rule_cls, spec.fallback_params)
     config = KoopmanConfig(variant=variant, variant_params=variant_params, fallback_params=rule_params, **shared)
     # A variant may need more snapshots than the sampled window (e.g. Hankel delays): raise the window
     # rather than waste the trial, and record that it happened.

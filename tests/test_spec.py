@@ -117,3 +117,56 @@ def test_missing_and_unreadable_files(tmp_path):
 def test_parse_rejects_a_non_table():
     with pytest.raises(SpecError, match="empty"):
         parse_spec([], "x")
+
+
+PINNED = MINIMAL + """variants = ["dmd-global"]
+[search]
+fallback = ["verify", "adaptive"]
+[variant_params.dmd-global]
+rank = -1
+center = "increments"
+[fallback_params.adaptive]
+max_factor = 16.0
+"""
+
+
+def test_pinned_plugin_parameters_are_fixed_and_the_rest_searched(tmp_path):
+    import optuna
+
+    from koopsweep.spec import check_plugins
+    from koopsweep.sweep import suggest_config
+
+    spec = load_spec(write(tmp_path, PINNED))
+    check_plugins(spec)
+    assert spec_from_json(spec.dumps(), "stored") == spec
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_rules = set()
+    for _ in range(12):
+        trial = study.ask()
+        config = suggest_config(trial, spec, ["dmd-global"])
+        assert config.variant_params["rank"] == -1 and config.variant_params["center"] == "increments"
+        assert "dmd-global.rank" not in trial.params and "dmd-global.max_eig" in trial.params
+        if config.fallback == "adaptive":
+            assert config.fallback_params["max_factor"] == 16.0 and "adaptive.max_factor" not in trial.params
+            assert "adaptive.grow" in trial.params
+        seen_rules.add(config.fallback)
+        study.tell(trial, 1.0)
+    assert seen_rules == {"verify", "adaptive"}
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        (PINNED.replace("rank = -1", "rnk = -1"), "'variant_params.dmd-global.rnk'"),
+        (PINNED.replace("rank = -1", "rank = 'many'"), "'variant_params.dmd-global'"),
+        (PINNED.replace("[variant_params.dmd-global]", "[variant_params.dmd-node]"), "'variant_params.dmd-node'"),
+        (PINNED.replace("[fallback_params.adaptive]", "[fallback_params.backtrack]"), "'fallback_params.backtrack'"),
+        (PINNED.replace("[fallback_params.adaptive]", "[fallback_params.no-such-rule]"), "'fallback_params.no-such-rule'"),
+        (PINNED.replace("max_factor = 16.0", "max_factor = [1, 2]"), "'fallback_params.adaptive.max_factor'"),
+    ],
+)
+def test_bad_pinned_parameters_name_the_field(tmp_path, text, field):
+    from koopsweep.spec import check_plugins
+
+    with pytest.raises(SpecError, match=field):
+        check_plugins(load_spec(write(tmp_path, text)))
