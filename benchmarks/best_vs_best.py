@@ -1,0 +1,419 @@
+"""The best accelerated configuration against the best baseline, at the same target loss.
+
+    OMP_NUM_THREADS=1 python benchmarks/best_vs_best.py --out DIR [--task NAME ...] [--seeds 5]
+                                                        [--figures DIR] [--summarize]
+
+`koopsweep bench` pairs an accelerated run with its own inner optimizer. This asks the harder question:
+against whichever of Adam, Adadelta, SGD (momentum 0.9) and Adagrad, each at the task's tuned rate
+(`Task.baseline_lrs`), gets there first. For every seed, in one process, on the same seed, initial
+weights and batch stream:
+
+1. the four baselines train the task's default budget; the target is the lowest smoothed final loss
+   among them (`koopsweep.measure.target_loss(run, "final")`), and the best baseline is the one whose
+   curve reaches that target first (`first_reaching`);
+2. each accelerated configuration trains at least the budget (so its loss at equal steps is on record)
+   and, until it reaches the target, up to ``cap_factor`` times the budget in steps; in seconds it is
+   capped at ``cap_factor`` times the best baseline's time to the target, as `koopsweep.bench` caps it
+   (the time cap can end it before the budget);
+3. speedup = the best baseline's time to the target / the accelerated run's time to it (an upper bound,
+   best time / time it ran, when it never got there; the "reached" share says how often).
+
+The order of the runs rotates with the seed so that a drifting load on a shared machine does not favour
+one of them. An accelerated run whose turn comes before the last baseline has finished trains the
+budget, is paused, and resumes once the target is known. Clocks are `TrainingRun`'s: training only,
+evaluation checkpoints excluded.
+
+One JSON per task goes to ``--out`` (``best-vs-best-TASK.json``); a task whose JSON is there is not run
+again (delete it to re-measure). Figures (``best-vs-best-TASK.png``: loss against training wall-clock of
+the median seed) go to ``--figures`` (default: ``--out``). ``--summarize`` prints the tables and redraws
+the figures from the JSONs alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from koopsweep import plots, plugins
+from koopsweep.bench import split_params
+from koopsweep.devices import device_label, resolve_device
+from koopsweep.errors import KoopsweepError, UsageError
+from koopsweep.measure import first_reaching, target_loss
+from koopsweep.training import OPTIMIZERS, KoopmanConfig, RunResult, TrainingRun, train
+
+BASELINES = list(OPTIMIZERS)  # adam, adadelta, sgd, adagrad
+
+
+@dataclass
+class Accelerated:
+    """One accelerated configuration: a variant with `koopsweep bench --param`-style params on an inner
+    optimizer at the task's tuned rate for it."""
+
+    variant: str
+    params: dict[str, Any]
+    optimizer: str
+    config: KoopmanConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config, task_params = split_params(self.variant, dict(self.params))
+        if task_params:
+            raise UsageError(f"{self.label}: task parameters ({', '.join(task_params)}) belong to the task, not to one configuration")
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}+{self.config.fallback} on {self.optimizer}"
+
+
+#: task -> its accelerated configurations: the best ones of docs/results.md section 2 (adaptive
+#: horizon, the oscillator's bench window and horizon, shorter ones on the 1,000-step task).
+DEFAULT_CONFIGS: dict[str, list[Accelerated]] = {
+    "hnn-oscillator": [
+        Accelerated("dmd-global", {"window": 16, "horizon": 100, "fallback": "adaptive"}, "adadelta"),
+        Accelerated("dmd-global", {"window": 16, "horizon": 100, "fallback": "adaptive"}, "adam"),
+    ],
+    "teacher-student": [
+        Accelerated("dmd-global", {"window": 8, "horizon": 40, "fallback": "adaptive"}, "adadelta"),
+        Accelerated("dmd-global", {"window": 8, "horizon": 40, "fallback": "adaptive"}, "adam"),
+    ],
+}
+
+
+def _curve(run: RunResult) -> list[list[float]]:
+    return [[p.step, p.time_s, p.loss] for p in run.curve]
+
+
+def _run_record(run: RunResult, target: float, accelerated: bool) -> dict[str, Any]:
+    hit = first_reaching(run.curve, target)
+    record = {
+        "optimizer": run.optimizer,
+        "lr": run.lr,
+        "accelerated": accelerated,
+        "time_to_target_s": hit.time_s if hit else None,
+        "steps_to_target": hit.step if hit else None,
+        "time_s": run.time_s,
+        "steps": run.steps,
+        "stopped": run.stopped,
+        "final_loss": run.final_loss,
+        "curve": _curve(run),
+    }
+    if accelerated:
+        stats = run.stats or {}
+        tried = stats.get("jumps_tried", 0)
+        record["jumps_tried"] = tried
+        record["jumps_accepted"] = stats.get("jumps_accepted", 0)
+        record["acceptance_rate"] = record["jumps_accepted"] / tried if tried else 0.0
+    else:
+        record["smoothed_final_loss"] = target_loss(run, "final")
+    return record
+
+
+def measure_seed(task, accelerated: list[Accelerated], seed: int, *, budget: int, cap_factor: float,
+                 device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """All baselines and accelerated runs of one seed, in an order rotated by the seed."""
+    lrs = type(task).baseline_lrs
+    eval_every = task.checkpoint_interval(budget)
+    labels = BASELINES + [acc.label for acc in accelerated]
+    by_label = {acc.label: acc for acc in accelerated}
+    shift = seed % len(labels)
+    order = labels[shift:] + labels[:shift]
+    common = dict(seed=seed, device=device, eval_every=eval_every)
+    cap_steps = int(math.ceil(cap_factor * budget))
+
+    baselines: dict[str, RunResult] = {}
+    paused: dict[str, TrainingRun] = {}  # accelerated runs that trained the budget before the target was known
+    finished: dict[str, RunResult] = {}
+    goal: dict[str, float] = {}
+
+    def finish(label: str, run: TrainingRun) -> None:
+        run.advance(cap_steps, stop_below=goal["target"], min_steps=budget,
+                    max_time_s=cap_factor * goal["best_time"])  # fmt: skip
+        finished[label] = run.result()
+
+    def settle_target() -> None:
+        # The lowest smoothed final loss of the baselines; a diverged baseline (non-finite) has none.
+        finals = {name: target_loss(run, "final") for name, run in baselines.items()}
+        finite = {name: loss for name, loss in finals.items() if math.isfinite(loss)}
+        if not finite:
+            raise KoopsweepError(f"seed {seed}: every baseline diverged; no target to measure against")
+        goal["target"] = min(finite.values())
+        times = {}
+        for name, run in baselines.items():
+            hit = first_reaching(run.curve, goal["target"])
+            if hit is not None:
+                times[name] = hit.time_s
+        goal["best"] = min(times, key=times.get)
+        goal["best_time"] = times[goal["best"]]
+        for name, run in list(paused.items()):
+            finish(name, run)
+
+    for label in order:
+        if label in BASELINES:
+            baselines[label] = train(task, optimizer=label, lr=float(lrs[label]), max_steps=budget, **common)
+            if len(baselines) == len(BASELINES):
+                settle_target()
+        else:
+            acc = by_label[label]
+            run = TrainingRun(task, optimizer=acc.optimizer, lr=float(lrs[acc.optimizer]), koopman=acc.config, **common)
+            if "target" in goal:
+                finish(label, run)
+            else:
+                run.advance(budget)
+                paused[label] = run
+
+    target, best, best_time = goal["target"], goal["best"], goal["best_time"]
+    runs = {name: _run_record(run, target, False) for name, run in baselines.items()}
+    runs.update({name: _run_record(run, target, True) for name, run in finished.items()})
+    speedups = {}
+    for acc in accelerated:
+        record = runs[acc.label]
+        own = runs[acc.optimizer]["time_to_target_s"]  # its inner optimizer alone, if that got there
+        t = record["time_to_target_s"]
+        speedups[acc.label] = {
+            "reached": t is not None,
+            "speedup": best_time / t if t else None,
+            "speedup_bound": best_time / (t if t else record["time_s"]),
+            "vs_inner": own / t if (t and own) else None,
+        }
+    return {
+        "seed": seed,
+        "order": order,
+        "target_loss": target,
+        "best_baseline": best,
+        "best_baseline_time_s": best_time,
+        "runs": runs,
+        "speedups": speedups,
+    }
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float] | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _lowest(run: dict[str, Any]) -> float:
+    """The lowest evaluation loss of a run: how far short of the target one that never reached it fell."""
+    return min(point[2] for point in run["curve"])
+
+
+def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
+    """Medians and quartiles over seeds. A seed where an accelerated run did not reach the target enters
+    its speedup quartiles with its upper bound, as `koopsweep bench` does; "reached" says how often."""
+    n = len(seeds)
+    baselines = {}
+    for name in BASELINES:
+        times = [s["runs"][name]["time_to_target_s"] for s in seeds]
+        reached = [t for t in times if t is not None]
+        baselines[name] = {
+            "best_count": sum(s["best_baseline"] == name for s in seeds),
+            "reached_fraction": len(reached) / n,
+            "time_to_target_s": _quartiles(reached),
+            "steps_to_target": _median_or_none([s["runs"][name]["steps_to_target"] for s in seeds]),
+            "lowest_over_target": statistics.median(_lowest(s["runs"][name]) / s["target_loss"] for s in seeds),
+            "seconds_per_step": statistics.median(s["runs"][name]["time_s"] / s["runs"][name]["steps"] for s in seeds),
+        }
+    accelerated = {}
+    for label in labels:
+        sp = [s["speedups"][label] for s in seeds]
+        times = [s["runs"][label]["time_to_target_s"] for s in seeds]
+        accelerated[label] = {
+            "speedup": _quartiles([x["speedup_bound"] for x in sp]),
+            "reached_fraction": sum(x["reached"] for x in sp) / n,
+            "time_to_target_s": _quartiles([t for t in times if t is not None]),
+            "steps_to_target": _median_or_none([s["runs"][label]["steps_to_target"] for s in seeds]),
+            "lowest_over_target": statistics.median(_lowest(s["runs"][label]) / s["target_loss"] for s in seeds),
+            "seconds_per_step": statistics.median(s["runs"][label]["time_s"] / s["runs"][label]["steps"] for s in seeds),
+            "vs_inner": _quartiles([x["vs_inner"] for x in sp if x["vs_inner"] is not None]),
+            "vs_inner_seeds": sum(x["vs_inner"] is not None for x in sp),
+            "acceptance_rate": statistics.median(s["runs"][label]["acceptance_rate"] for s in seeds),
+        }
+    return {
+        "best_baseline_time_s": _quartiles([s["best_baseline_time_s"] for s in seeds]),
+        "target_loss": _quartiles([s["target_loss"] for s in seeds]),
+        "baselines": baselines,
+        "accelerated": accelerated,
+    }
+
+
+def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, budget: int | None = None,
+            cap_factor: float = 2.0, device: str = "cpu", task_params: dict[str, Any] | None = None,
+            on_progress=None) -> dict[str, Any]:  # fmt: skip
+    """The whole measurement of one task: every seed, then the summary. Returns the JSON-ready report."""
+    task_cls = plugins.load_task(task_name)
+    task = task_cls(**(task_params or {}))
+    dev = resolve_device(device)
+    budget = budget or task_cls.default_budget
+    missing = [name for name in BASELINES + [a.optimizer for a in accelerated] if name not in task_cls.baseline_lrs]
+    if missing:
+        raise UsageError(f"task {task_name!r} has no tuned learning rate for {', '.join(sorted(set(missing)))}")
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    per_seed = []
+    for seed in range(seeds):
+        per_seed.append(measure_seed(task, accelerated, seed, budget=budget, cap_factor=cap_factor, device=dev))
+        if on_progress:
+            on_progress(f"{task_name} seed {seed}: best baseline {per_seed[-1]['best_baseline']}")
+    labels = [a.label for a in accelerated]
+    return {
+        "settings": {
+            "task": task_name,
+            "task_params": task_params or {},
+            "budget": budget,
+            "cap_factor": cap_factor,
+            "seeds": seeds,
+            "baselines": {name: task_cls.baseline_lrs[name] for name in BASELINES},
+            "accelerated": [
+                {"label": a.label, "variant": a.variant, "optimizer": a.optimizer,
+                 "lr": task_cls.baseline_lrs[a.optimizer], "koopman": a.config.flat_params()}  # fmt: skip
+                for a in accelerated
+            ],
+            "device": str(dev),
+            "device_name": device_label(dev),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "wall_time_s": time.perf_counter() - started,
+        },
+        "seeds": per_seed,
+        "summary": summarize(per_seed, labels),
+    }
+
+
+def median_seed(report: dict[str, Any]) -> dict[str, Any]:
+    """The seed whose speedup is the median one for the configuration with the best median speedup (the
+    lower middle one for an even count), so the figure shows a typical seed, not the best."""
+    acc = report["summary"]["accelerated"]
+    best_label = max(acc, key=lambda label: acc[label]["speedup"][1])
+    ranked = sorted(report["seeds"], key=lambda s: s["speedups"][best_label]["speedup_bound"])
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def figure(report: dict[str, Any], path: Path) -> None:
+    seed = median_seed(report)
+    series = [
+        (name if not run["accelerated"] else f"{name} ({run['acceptance_rate']:.0%} accepted)",
+         [p[1] for p in run["curve"]], [p[2] for p in run["curve"]], run["accelerated"])  # fmt: skip
+        for name, run in seed["runs"].items()
+    ]
+    # Baselines first, then the accelerated runs, in a fixed order (not the seed's run order).
+    series.sort(key=lambda s: (s[3], s[0]))
+    title = (f"{report['settings']['task']}, seed {seed['seed']} (the median seed): target = best baseline's "
+             f"final loss {seed['target_loss']:.3g}")  # fmt: skip
+    plots.save(plots.loss_curves(series, title, seed["target_loss"]), path)
+
+
+def _fmt_q(q, unit: str = "", digits: int = 2) -> str:
+    if q is None:
+        return "-"
+    lo, mid, hi = q
+    return f"{mid:.{digits}f}{unit} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def _fmt_steps(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def tables(report: dict[str, Any]) -> str:
+    s, summ = report["settings"], report["summary"]
+    n = s["seeds"]
+    lines = [
+        f"### {s['task']} (budget {s['budget']}, {n} seeds, target {_fmt_q(summ['target_loss'], digits=4)})",
+        "",
+        "| baseline | lr | time to target s, median (quartiles) | steps to target | reached | first on | lowest loss / target | ms/step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, b in summ["baselines"].items():
+        lines.append(f"| {name} | {s['baselines'][name]:g} | {_fmt_q(b['time_to_target_s'])} | {_fmt_steps(b['steps_to_target'])} | "
+                     f"{b['reached_fraction']:.0%} | {b['best_count']}/{n} seeds | {b['lowest_over_target']:.2f} | "
+                     f"{b['seconds_per_step'] * 1e3:.2f} |")  # fmt: skip
+    lines += [
+        "",
+        "| accelerated | time to target s | steps to target | speedup vs best baseline, median (quartiles) | reached | "
+        "vs own inner optimizer | lowest loss / target | accepted | ms/step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, a in summ["accelerated"].items():
+        inner = f"{_fmt_q(a['vs_inner'], 'x')} ({a['vs_inner_seeds']} seeds)" if a["vs_inner_seeds"] else "inner never reached it"
+        lines.append(f"| {label} | {_fmt_q(a['time_to_target_s'])} | {_fmt_steps(a['steps_to_target'])} | "
+                     f"**{_fmt_q(a['speedup'], 'x')}** | {a['reached_fraction']:.0%} | {inner} | "
+                     f"{a['lowest_over_target']:.2f} | {a['acceptance_rate']:.0%} | {a['seconds_per_step'] * 1e3:.2f} |")  # fmt: skip
+    lines += ["", "Per seed (best baseline: its time; accelerated: time, speedup):", ""]
+    labels = list(summ["accelerated"])
+    lines.append("| seed | target | best baseline | " + " | ".join(labels) + " |")
+    lines.append("|---|---|---|" + "---|" * len(labels))
+    for seed in report["seeds"]:
+        cells = []
+        for label in labels:
+            t, sp = seed["runs"][label]["time_to_target_s"], seed["speedups"][label]
+            cells.append(f"{t:.2f} s, {sp['speedup']:.2f}x" if t is not None else f"not reached (<{sp['speedup_bound']:.2f}x)")
+        lines.append(f"| {seed['seed']} | {seed['target_loss']:.4g} | {seed['best_baseline']} {seed['best_baseline_time_s']:.2f} s | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    lo, hi = s["loadavg_before"][0], s["loadavg_after"][0]
+    lines += ["", f"Wall time {s['wall_time_s']:.0f} s; 1-min load average {lo:.2f} before, {hi:.2f} after; "
+              f"{s['device_name']}, torch {s['torch']}, {s['torch_threads']} thread(s)."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the JSON reports")
+    parser.add_argument("--task", action="append", choices=sorted(DEFAULT_CONFIGS),
+                        help="task to run (repeatable; default: all)")  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--budget", type=int, default=None, help="baseline steps (default: the task's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--figures", type=Path, default=None, help="folder for the PNGs (default: --out)")
+    parser.add_argument("--summarize", action="store_true", help="only print tables and draw figures from --out")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    torch.set_num_threads(1)  # two threads per process spin against each other on a shared 2-core machine
+    tasks = args.task or list(DEFAULT_CONFIGS)
+    figures = args.figures or args.out
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        path = args.out / f"best-vs-best-{task}.json"
+        if path.exists():
+            report = json.loads(path.read_text())
+            # The summary again from the per-seed records, so a table added since the run still shows.
+            report["summary"] = summarize(report["seeds"], [a["label"] for a in report["settings"]["accelerated"]])
+            print(f"{task}: already measured ({path})", file=sys.stderr)
+        elif args.summarize:
+            print(f"{task}: no {path}", file=sys.stderr)
+            continue
+        else:
+            report = measure(task, DEFAULT_CONFIGS[task], args.seeds, budget=args.budget, device=args.device,
+                             on_progress=lambda msg: print(msg, file=sys.stderr, flush=True))  # fmt: skip
+            path.write_text(json.dumps(report, indent=1))
+        figure(report, figures / f"best-vs-best-{task}.png")
+        print(tables(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KoopsweepError as exc:  # UsageError included: one line, its exit code
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,60 @@
+"""benchmarks/best_vs_best.py on a tiny run: the target and the best baseline follow from the curves."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from koopsweep.measure import SMOOTHING_CHECKPOINTS
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "best_vs_best.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("best_vs_best", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    # As the script runs (torch.set_num_threads(1) in main): two threads spin on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_target_is_the_best_baselines_final_loss_and_speedup_uses_its_time(one_thread):
+    bvb = _load()
+    acc = [bvb.Accelerated("dmd-global", {"window": 4, "horizon": 10, "fallback": "adaptive"}, "adam")]
+    report = bvb.measure("digits-mlp", acc, seeds=1, budget=40)
+    seed = report["seeds"][0]
+    runs = seed["runs"]
+    assert set(runs) == {"adam", "adadelta", "sgd", "adagrad", acc[0].label}
+    for name in bvb.BASELINES:
+        curve = runs[name]["curve"]
+        assert curve[-1][0] == 40  # every baseline trained the whole budget
+        tail = [loss for _, _, loss in curve[-SMOOTHING_CHECKPOINTS:]]
+        assert math.isclose(runs[name]["smoothed_final_loss"], sum(tail) / len(tail))
+    finals = [runs[name]["smoothed_final_loss"] for name in bvb.BASELINES]
+    assert seed["target_loss"] == min(finals)
+    # The best baseline is the one that got there first; the others took at least as long or never did.
+    best_time = seed["best_baseline_time_s"]
+    assert runs[seed["best_baseline"]]["time_to_target_s"] == best_time
+    for name in bvb.BASELINES:
+        t = runs[name]["time_to_target_s"]
+        assert t is None or t >= best_time
+    koop = runs[acc[0].label]
+    assert koop["steps"] >= 40 or koop["stopped"] == "time-cap"  # the budget, unless capped in time
+    sp = seed["speedups"][acc[0].label]
+    if koop["time_to_target_s"] is None:
+        assert not sp["reached"] and math.isclose(sp["speedup_bound"], best_time / koop["time_s"])
+    else:
+        assert math.isclose(sp["speedup"], best_time / koop["time_to_target_s"])
+    assert "| adadelta |" in bvb.tables(report)
