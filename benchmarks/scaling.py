@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling variant_speed module
 
-from variant_speed import time_one  # noqa: E402
+from variant_speed import MLPTrainer, time_one  # noqa: E402
 
 from koopsweep.accelerator import KoopmanAccelerator  # noqa: E402
 from koopsweep.bench import BenchSettings, run_bench  # noqa: E402
@@ -53,10 +53,12 @@ VARIANTS = ["dmd-global", "dmd-layer", "extrapolate-linear", "dmd-node"]
 DEVICE = torch.device("cpu")
 
 
-class StudentTrainer:
-    """The task's own student, data and loss, trained by Adam at the task's tuned rate (full batch)."""
+class StudentTrainer(MLPTrainer):
+    """The task's own student, data and loss, trained by Adam at the task's tuned rate (full batch).
+    Only the model and the step differ from variant_speed's trainer; its ``window`` records snapshots."""
 
     def __init__(self, task: Any, seed: int = 0) -> None:
+        # Not super().__init__(): that builds variant_speed's own MLP and data.
         self.task = task
         self.model = task.build_model(seed).to(DEVICE)
         self.params = list(self.model.parameters())
@@ -67,13 +69,6 @@ class StudentTrainer:
         self.opt.zero_grad(set_to_none=True)
         self.task.loss(self.model, next(self.batches)).backward()
         self.opt.step()
-
-    def window(self, m: int) -> list[torch.Tensor]:
-        hist = []
-        for _ in range(m):
-            self.step()
-            hist.append([p.detach().clone() for p in self.params])
-        return [torch.stack([h[i] for h in hist]) for i in range(len(self.params))]
 
 
 def memory_row(trainer: StudentTrainer, snaps: list[torch.Tensor], window: int, n_params: int) -> dict[str, Any]:

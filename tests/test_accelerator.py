@@ -669,6 +669,18 @@ def test_accepted_jump_without_closure_skips_the_stale_gradient_step():
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), predicted))
 
 
+def _resume(model, acc, resumed_model, resumed):
+    """Save the model's and the accelerator's state as a checkpoint would, load both into the copies,
+    and return what was saved."""
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": acc.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed_model.load_state_dict(saved["model"])
+    resumed.load_state_dict(saved["optimizer"])
+    return saved
+
+
 @pytest.mark.parametrize("save_after", [6, 9])  # mid-window, and with a jump due
 def test_state_dict_round_trip(save_after):
     data = batches(24)
@@ -681,15 +693,9 @@ def test_state_dict_round_trip(save_after):
     acc = make(model)
     for batch in data[:save_after]:
         acc.step(mlp_closure(model, acc, batch))
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": acc.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-
     resumed_model = mlp()  # same initial parameters
     resumed = make(resumed_model)
-    resumed_model.load_state_dict(saved["model"])
-    resumed.load_state_dict(saved["optimizer"])
+    _resume(model, acc, resumed_model, resumed)
     assert resumed.snapshots_filled == acc.snapshots_filled
     for batch in data[save_after:]:
         a = acc.step(mlp_closure(model, acc, batch))
@@ -716,12 +722,7 @@ def test_state_dict_round_trip_keeps_a_part_summed_mean_snapshot(save_after):
     acc, resumed = make(model), make(resumed_model)
     for batch in data[:save_after]:
         acc.step(mlp_closure(model, acc, batch))
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": acc.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    resumed_model.load_state_dict(saved["model"])
-    resumed.load_state_dict(saved["optimizer"])
+    saved = _resume(model, acc, resumed_model, resumed)
     for batch in data[save_after:]:
         acc.step(mlp_closure(model, acc, batch))
         resumed.step(mlp_closure(resumed_model, resumed, batch))

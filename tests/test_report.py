@@ -195,6 +195,8 @@ SHIPPED = sorted((REPO / "studies").glob("*.toml"))
 def test_the_expected_studies_are_shipped():
     names = {p.stem for p in SHIPPED}
     assert {"quickstart", "hnn_oscillator", "mnist1d_mlp", "mnist_mlp"} <= names
+    # the best measured configuration of every offline task, pinned (issue 9)
+    assert {f"{task}-best" for task in ("hnn-oscillator", "teacher-student", "mnist1d-mlp", "digits-mlp")} <= names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
