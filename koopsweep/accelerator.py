@@ -231,6 +231,11 @@ class KoopmanAccelerator:
     ``step(closure)`` returns the loss the inner step used. Without a closure, ``step()`` works only with
     rules that do not evaluate the loss (``none``); the user computed the gradients beforehand. Then an
     accepted jump skips that call's inner step, because those gradients belong to weights the jump left.
+
+    ``step(closure, check=fn)`` has the rule judge jumps by ``fn()``, the loss at the weights the model
+    holds, instead of by the closure: e.g. the loss on a fixed batch, where one noisy minibatch would
+    pass jumps that do not help. ``fn`` is called without gradients (forward only), so its evaluations
+    cannot double as the inner step's gradient: the inner step then always calls the closure.
     """
 
     def __init__(
@@ -391,8 +396,9 @@ class KoopmanAccelerator:
 
     # -- step -----------------------------------------------------------------------------------------------
 
-    def step(self, closure: Closure | None = None) -> Any:
-        """One inner optimizer step, preceded by a jump attempt when the snapshot window is full."""
+    def step(self, closure: Closure | None = None, check: Closure | None = None) -> Any:
+        """One inner optimizer step, preceded by a jump attempt when the snapshot window is full.
+        ``check``: see the class docstring."""
         if closure is None and self._needs_closure:
             raise UsageError(
                 f"KoopmanAccelerator.step() was called without a closure, but the fallback rule {self.fallback!r} "
@@ -400,16 +406,16 @@ class KoopmanAccelerator:
                 "loss, calls backward() and returns the loss, or use fallback='none'"
             )
         if self._filled >= self._window:
-            return self._jump_step(closure)
+            return self._jump_step(closure, check)
         loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
         self._after_inner_step()
         return loss
 
-    def _jump_step(self, closure: Closure | None) -> Any:
+    def _jump_step(self, closure: Closure | None, check: Closure | None) -> Any:
         stats = self.stats
         with torch.no_grad():
             current = [p.detach().clone() for p in self._params]
-        proposal = self._fit(current, closure)
+        proposal = self._fit(current, closure, check)
         decision: Decision | None = None
         if proposal is not None:
             try:
@@ -458,7 +464,7 @@ class KoopmanAccelerator:
             self._after_inner_step()
         return loss
 
-    def _fit(self, current: list[torch.Tensor], closure: Closure | None) -> _Proposal | None:
+    def _fit(self, current: list[torch.Tensor], closure: Closure | None, check: Closure | None) -> _Proposal | None:
         """Fit the variant on the full window; the proposal for the rule, or None when the fit failed."""
         stats = self.stats
         displacement = _global_norm(buf[-1] - buf[0] for buf in self._buffers)
@@ -479,7 +485,7 @@ class KoopmanAccelerator:
             return None
         stats.fit_time_s += self._clock() - t0
         self._read_spectrum()
-        return _Proposal(self, current, closure, displacement)
+        return _Proposal(self, current, closure, displacement, check)
 
     def _decide(self, proposal: _Proposal) -> Decision:
         decision = self.fallback.decide(proposal)
@@ -581,13 +587,19 @@ class _Proposal:
     hold, so that the accelerator can reuse the last closure evaluation and restore the weights."""
 
     def __init__(
-        self, acc: KoopmanAccelerator, current: list[torch.Tensor], closure: Closure | None, displacement: float
+        self,
+        acc: KoopmanAccelerator,
+        current: list[torch.Tensor],
+        closure: Closure | None,
+        displacement: float,
+        check: Closure | None = None,
     ) -> None:
         self.horizon = acc.horizon
         self._acc = acc
         self._params = acc._params
         self._current = current
         self._closure = closure
+        self._check = check  # judges jumps instead of the closure, forward only; its calls leave no gradients
         self._displacement = displacement
         self._predictions: dict[int, list[torch.Tensor] | None] = {}
         self._reasons: dict[int, str] = {}
@@ -628,7 +640,8 @@ class _Proposal:
         self.check_params(params, "JumpProposal.evaluate")
         self.load(params)
         value = self._call_closure()
-        self._last = params
+        if self._check is None:
+            self._last = params
         self._evaluated[id(params)] = (params, value)
         return value
 
@@ -637,9 +650,10 @@ class _Proposal:
         if self._before is None:
             self.load(self._current)
             self._before = self._call_closure()
-            self.loss_before_raw = self.last_loss
-            self._before_grads = [None if p.grad is None else p.grad.detach().clone() for p in self._params]
-            self._last = self._current
+            if self._check is None:
+                self.loss_before_raw = self.last_loss
+                self._before_grads = [None if p.grad is None else p.grad.detach().clone() for p in self._params]
+                self._last = self._current
         return self._before
 
     # -- for the accelerator ---------------------------------------------------------------------------
@@ -718,14 +732,16 @@ class _Proposal:
             )
         acc = self._acc
         t0 = acc._clock() if verification else 0.0
+        judge = verification and self._check is not None
         try:
-            with torch.enable_grad():
-                raw = self._closure()
+            with torch.no_grad() if judge else torch.enable_grad():
+                raw = self._check() if judge else self._closure()
             try:
                 value = float(raw.detach() if isinstance(raw, torch.Tensor) else raw)
             except (TypeError, ValueError, RuntimeError):
                 raise UsageError(
-                    f"the step() closure returned {raw!r}; it must return the loss (a scalar tensor or number)"
+                    f"the step() {'check' if judge else 'closure'} returned {raw!r}; it must return the loss "
+                    "(a scalar tensor or number)"
                 ) from None
         finally:
             if verification:

@@ -31,7 +31,7 @@ _AUTOLOAD_ON = ("", "0", "false", "no", "off")
 RESERVED_PARAMETERS = frozenset(
     {
         "variant", "window", "horizon", "fallback", "fallback_params", "stride", "snapshot", "burn_in",
-        "reset_state", "max_jump_ratio", "explode_ratio", "optimizer", "lr", "seed", "budget",
+        "reset_state", "check_batches", "max_jump_ratio", "explode_ratio", "optimizer", "lr", "seed", "budget",
         "device", "task", "time_cap",
     }
 )  # fmt: skip

@@ -35,6 +35,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "snapshot": "last",
     "burn_in": 0,
     "reset_state": "keep",
+    "check_batches": 0,
 }
 
 
@@ -226,10 +227,11 @@ def _check_search_values(check: _Checker, search: dict[str, SearchField]) -> Non
         for v in candidates:
             if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
                 check.fail(f"search.{name}", f"values must be integers >= {minimum}, got {v!r}")
-    f = search["burn_in"]
-    for v in f.values() + [v for v in (f.low, f.high) if v is not None]:
-        if not isinstance(v, int) or v < 0:
-            check.fail("search.burn_in", f"values must be integers >= 0, got {v!r}")
+    for name in ("burn_in", "check_batches"):
+        f = search[name]
+        for v in f.values() + [v for v in (f.low, f.high) if v is not None]:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                check.fail(f"search.{name}", f"values must be integers >= 0, got {v!r}")
     for name in ("fallback", "reset_state", "snapshot"):
         f = search[name]
         if f.low is not None:

@@ -20,6 +20,10 @@ from koopsweep.errors import UsageError
 from koopsweep.tasks._base import Task
 
 #: The baseline optimizers, by name. SGD uses momentum 0.9, the usual tuned-SGD baseline.
+#: The check batches' stream is ``task.batches(seed + this)``: a fixed sample of the training data,
+#: in an order unrelated to the training stream's.
+CHECK_STREAM_SEED_OFFSET = 1_000_003
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
     "adadelta": lambda params, lr: torch.optim.Adadelta(params, lr=lr),
@@ -50,6 +54,9 @@ class KoopmanConfig:
     snapshot: str = "last"
     burn_in: int = 0
     reset_state: str = "keep"
+    # > 0: jumps are judged by the mean loss on this many fixed training batches, drawn once from a
+    # stream seeded apart from the training one, instead of on the step's own minibatch.
+    check_batches: int = 0
 
     def accelerator_kwargs(self) -> dict[str, Any]:
         return dict(
@@ -162,6 +169,10 @@ class TrainingRun:
             self.stepper = KoopmanAccelerator(inner, **koopman.accelerator_kwargs())
         self.batches = task.batches(seed, device)
         self._next_batch = next(self.batches)  # generators start lazily: set the stream up now
+        self.check_batches: list[Any] = []
+        if koopman is not None and koopman.check_batches > 0:
+            check_stream = task.batches(seed + CHECK_STREAM_SEED_OFFSET, device)
+            self.check_batches = [next(check_stream) for _ in range(koopman.check_batches)]
         self.clock = Stopwatch(device)
         self.curve: list[Checkpoint] = []
         self.steps = 0
@@ -221,7 +232,10 @@ class TrainingRun:
                 loss.backward()
                 return loss
 
-            stepper.step(closure)
+            if self.check_batches:
+                stepper.step(closure, check=self._check_loss)
+            else:
+                stepper.step(closure)
             self.steps += 1
             if self.steps % self.eval_every == 0 or self.steps == max_steps:
                 self._evaluate()
@@ -232,6 +246,12 @@ class TrainingRun:
                 self.clock.start()
         self.clock.pause()
         return self.stopped
+
+    def _check_loss(self) -> torch.Tensor:
+        """The mean loss on the fixed check batches, at the weights the model holds (the accelerator
+        calls it without gradients)."""
+        total = sum(self.task.loss(self.model, batch) for batch in self.check_batches)
+        return total / len(self.check_batches)
 
     def result(self) -> RunResult:
         result = RunResult(

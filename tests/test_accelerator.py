@@ -564,6 +564,55 @@ def test_a_rejected_verified_jump_costs_exactly_one_extra_closure_call():
     assert calls == 21 + 5
 
 
+def _run_with_check(check_factory, steps=30, window=4, variant=None):
+    """A verified Adam run whose jumps are judged by ``check_factory(model)``; returns (model, acc, calls)
+    with ``calls`` = {"closure": n, "check": n, "check_with_grad": n}."""
+    data = batches(steps)
+    model = mlp()
+    acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2), variant or Scaled(factor=0.5),
+                             window=window, horizon=10, fallback="verify")  # fmt: skip
+    calls = {"closure": 0, "check": 0, "check_with_grad": 0}
+    judge = check_factory(model)
+
+    def check():
+        calls["check"] += 1
+        calls["check_with_grad"] += torch.is_grad_enabled()
+        return judge()
+
+    counter = [0]
+    for batch in data:
+        acc.step(mlp_closure(model, acc, batch, counter), check=check)
+    calls["closure"] = counter[0]
+    return model, acc, calls
+
+
+def test_a_check_judges_the_jumps_forward_only_and_the_inner_step_calls_the_closure():
+    held_out = batches(1, seed=7)[0]
+
+    def factory(model):
+        return lambda: torch.nn.functional.cross_entropy(model(held_out[0]), held_out[1])
+
+    _, acc, calls = _run_with_check(factory)
+    tried = acc.stats.jumps_tried
+    assert tried == 7 and acc.stats.jumps_accepted >= 1
+    # two check calls per attempt (before and at the jump), none with autograd; the closure only for steps
+    assert calls["check"] == 2 * tried == acc.stats.evaluations and calls["check_with_grad"] == 0
+    assert calls["closure"] == 30
+
+
+def test_jumps_a_check_rejects_change_nothing():
+    def always_worse(model):
+        answers = iter(range(1000))  # before: n, at the jump: n + 1
+        return lambda: torch.tensor(float(next(answers)))
+
+    data = batches(30)
+    bare_model, _, _ = run_mlp(lambda p: torch.optim.Adam(p, lr=1e-2), data)
+    model, acc, calls = _run_with_check(always_worse)
+    assert acc.stats.jumps_tried == 7 and acc.stats.jumps_accepted == 0
+    assert acc.stats.rejections == {"loss-increased": 7}
+    assert_same_params(bare_model, model)
+
+
 def test_an_accepted_blind_jump_costs_no_extra_closure_call():
     calls, acc, _, _ = _count_calls("none", ExactQuadratic, 21)
     assert acc.stats.jumps_accepted == 5 and calls == 21 and acc.stats.evaluations == 0

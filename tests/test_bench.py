@@ -56,6 +56,30 @@ def test_baseline_curves_are_identical_for_the_same_seed_on_cpu():
     assert [p.step for p in runs[0].curve] == list(range(0, 31, 5))
 
 
+def test_check_batches_judge_jumps_on_a_fixed_sample_of_the_training_stream():
+    from koopsweep.training import KoopmanConfig, TrainingRun
+
+    task = DigitsMLP(batch_size=32)
+    config = KoopmanConfig(variant="dmd-global", window=4, horizon=8, fallback="verify", check_batches=3)
+    runs = []
+    for _ in range(2):
+        run = TrainingRun(task, optimizer="adam", lr=3e-3, seed=1, device=torch.device("cpu"), koopman=config,
+                          eval_every=10)  # fmt: skip
+        run.advance(40)
+        runs.append(run)
+    run = runs[0]
+    assert len(run.check_batches) == 3
+    # drawn apart from the training stream (seeded differently), the same every run
+    first_training_batch = next(task.batches(1, torch.device("cpu")))
+    assert not torch.equal(run.check_batches[0][0], first_training_batch[0])
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(run.check_batches, runs[1].check_batches))
+    stats = run.stepper.stats
+    assert stats.jumps_tried == 9 and stats.evaluations == 2 * stats.jumps_tried  # before and at each jump
+    assert [p.loss for p in run.curve] == [p.loss for p in runs[1].curve]
+    assert split_params("dmd-global", {"check_batches": 3})[0].check_batches == 3
+    assert "check_batches" not in config.accelerator_kwargs() and config.flat_params()["check_batches"] == 3
+
+
 def test_param_sorting_and_errors():
     config, task_params = split_params("dmd-global", {"window": 8, "rank": 3, "task.hidden": 16, "verify.tol": 0.1})
     assert config.window == 8 and config.variant_params == {"rank": 3}
