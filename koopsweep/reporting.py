@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from koopsweep.measure import format_speedup, iqr, median
+from koopsweep.measure import format_speedup, median
 
 #: At most this many eigenvalues go into a plot (node operators can have thousands).
 MAX_PLOTTED_EIGENVALUES = 4000

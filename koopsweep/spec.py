@@ -406,7 +406,9 @@ def check_plugins(spec: StudySpec) -> None:
         for name, values in pinned.items():
             known(kind, name, f"{key}.{name}")
             if offered is not None and name not in offered:
-                raise SpecError(f"{spec.name}: field '{key}.{name}': the study never uses {name!r} ({', '.join(offered)})")
+                raise SpecError(
+                    f"{spec.name}: field '{key}.{name}': the study never uses {name!r} ({', '.join(offered)})"
+                )
             cls = plugins.load_variant(name) if kind == "variants" else plugins.load_fallback(name)
             unknown = sorted(set(values) - set(cls.defaults))
             if unknown:

@@ -1,7 +1,10 @@
 """Shared fixtures: every test that writes studies or MLflow runs gets its own folder."""
 
+import importlib.util
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +62,18 @@ def tiny_spec(workdir):
     path = workdir / "tiny.toml"
     path.write_text(TINY_SPEC)
     return path
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("name")`` imports ``benchmarks/name.py``: they are scripts, not a package."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+        return module
+
+    return load

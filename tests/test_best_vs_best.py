@@ -1,24 +1,11 @@
 """benchmarks/best_vs_best.py on a tiny run: the target and the best baseline follow from the curves."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from koopsweep.measure import SMOOTHING_CHECKPOINTS
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "best_vs_best.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("best_vs_best", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -30,8 +17,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_target_is_the_best_baselines_final_loss_and_speedup_uses_its_time(one_thread):
-    bvb = _load()
+def test_target_is_the_best_baselines_final_loss_and_speedup_uses_its_time(one_thread, load_benchmark):
+    bvb = load_benchmark("best_vs_best")
     acc = [bvb.Accelerated("dmd-global", {"window": 4, "horizon": 10, "fallback": "adaptive"}, "adam")]
     report = bvb.measure("digits-mlp", acc, seeds=1, budget=40)
     seed = report["seeds"][0]

@@ -3,25 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "jump_quality.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("jump_quality_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("optimizer", ["adam", "adadelta"])
-def test_the_look_ahead_copy_is_an_independent_twin(optimizer):
-    jq = _load_script()
+def test_the_look_ahead_copy_is_an_independent_twin(optimizer, load_benchmark):
+    jq = load_benchmark("jump_quality")
     from koopsweep.plugins import load_task
 
     task = load_task("digits-mlp")(batch_size=64)  # minibatches: the copy must replay the stream too
@@ -40,8 +29,8 @@ def test_the_look_ahead_copy_is_an_independent_twin(optimizer):
     assert not all(torch.equal(a, b) for a, b in zip(before, run.params()))
 
 
-def test_window_snapshots_mean_mode_averages_each_block():
-    jq = _load_script()
+def test_window_snapshots_mean_mode_averages_each_block(load_benchmark):
+    jq = load_benchmark("jump_quality")
     from koopsweep.plugins import load_task
 
     task = load_task("digits-mlp")()

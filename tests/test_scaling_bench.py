@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("scaling_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_measure_size_smallest_student():
-    scaling = _load_script()
+def test_measure_size_smallest_student(load_benchmark):
+    scaling = load_benchmark("scaling")
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
