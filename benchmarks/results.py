@@ -83,7 +83,12 @@ CONFIGS["teacher-student-stochastic:dmd-global:adaptive"] = (
 CONFIGS["teacher-student:dmd-global:tuned"] = (
     "teacher-student", "dmd-global", {"window": 6, "horizon": 78, "fallback": "verify", "verify.tol": 0.038}
 )
-# The same tolerance on the oscillator's best configuration.
+# The oscillator's sweep (studies/hnn_oscillator_adadelta.toml, 16 trials, one seed each): its best trial.
+CONFIGS["hnn-oscillator:dmd-global:tuned"] = (
+    "hnn-oscillator", "dmd-global",
+    {"window": 20, "horizon": 425, "fallback": "verify", "verify.tol": 0.048, "stride": 2, "snapshot": "mean"},
+)  # fmt: skip
+# The teacher-student tolerance on the oscillator's adaptive configuration.
 CONFIGS["hnn-oscillator:dmd-global:adaptive-tol"] = (
     "hnn-oscillator", "dmd-global", {"window": 16, "horizon": 100, "fallback": "adaptive", "adaptive.tol": 0.038}
 )
