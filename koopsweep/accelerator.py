@@ -221,6 +221,9 @@ class KoopmanAccelerator:
             oscillation before the fit (one extra fused add per step). The jump then continues the averaged
             trajectory, whose last point lags the current weights by about ``(stride - 1) / 2`` steps.
         burn_in: inner steps before snapshots start being recorded.
+        backoff: after ``k`` rejected jumps in a row, wait ``2**min(k, backoff) - 1`` windows' worth of
+            inner steps before recording the next window, so that a trajectory whose jumps keep failing
+            costs fewer fits and checks; an accepted jump resets the wait (0, the default: no backoff).
         reset_state: ``"keep"`` or ``"reset"`` the inner optimizer's per-parameter state after an accepted
             jump.
         max_jump_ratio: if set, scale a jump down so its norm is at most this many times the naive linear
@@ -250,6 +253,7 @@ class KoopmanAccelerator:
         stride: int = 1,
         snapshot: str = "last",
         burn_in: int = 0,
+        backoff: int = 0,
         reset_state: str = "keep",
         max_jump_ratio: float | None = None,
         explode_ratio: float = 1e3,
@@ -260,6 +264,7 @@ class KoopmanAccelerator:
         self._horizon = _int_option("horizon", horizon, 1)
         self._stride = _int_option("stride", stride, 1)
         self._burn_in = _int_option("burn_in", burn_in, 0)
+        self._backoff = _int_option("backoff", backoff, 0)
         if reset_state not in RESET_STATES:
             raise ParameterError(
                 f"KoopmanAccelerator: reset_state={reset_state!r} is invalid; expected one of {', '.join(RESET_STATES)}"
@@ -292,6 +297,7 @@ class KoopmanAccelerator:
     stride = property(lambda self: self._stride, doc="Inner steps between snapshots.")
     snapshot = property(lambda self: self._snapshot, doc='"last" or "mean" iterate of each stride block.')
     burn_in = property(lambda self: self._burn_in, doc="Inner steps before the first snapshot.")
+    backoff = property(lambda self: self._backoff, doc="Cap on the doubling wait after rejected jumps.")
     reset_state = property(lambda self: self._reset_state, doc='"keep" or "reset".')
     max_jump_ratio = property(lambda self: self._max_jump_ratio, doc="Cap on a jump vs linear extrapolation.")
     explode_ratio = property(lambda self: self._explode_ratio, doc="Unusable beyond this ratio.")
@@ -333,7 +339,7 @@ class KoopmanAccelerator:
         return (
             f"KoopmanAccelerator({type(self.optimizer).__name__}, variant={self.variant!r}, "
             f"fallback={self.fallback!r}, window={self._window}, horizon={self._horizon}, stride={self._stride}, "
-            f"snapshot={self._snapshot!r}, burn_in={self._burn_in}, reset_state={self._reset_state!r}, max_jump_ratio={self._max_jump_ratio}, "
+            f"snapshot={self._snapshot!r}, burn_in={self._burn_in}, backoff={self._backoff}, reset_state={self._reset_state!r}, max_jump_ratio={self._max_jump_ratio}, "
             f"explode_ratio={self._explode_ratio})"
         )
 
@@ -349,11 +355,16 @@ class KoopmanAccelerator:
         self._on_cuda = any(p.is_cuda for p in self._params)
         self._filled = 0
         self._cycle_steps = 0
+        self._rejected_in_a_row = 0
+        self._wait_steps = 0  # inner steps left before the next window starts (backoff)
 
     def _after_inner_step(self) -> None:
         stats = self.stats
         stats.inner_steps += 1
         if stats.inner_steps <= self._burn_in:
+            return
+        if self._wait_steps > 0:
+            self._wait_steps -= 1
             return
         self._cycle_steps += 1
         if self._filled >= self._window:
@@ -432,7 +443,8 @@ class KoopmanAccelerator:
         stats.jumps_tried += 1
 
         stepped = True
-        if proposal is not None and decision is not None and decision.accepted:
+        accepted = proposal is not None and decision is not None and decision.accepted
+        if accepted:
             stats.jumps_accepted += 1
             stats.accepted_horizon_total += self.effective_horizon(int(decision.horizon))
             if self._reset_state == "reset":
@@ -460,6 +472,10 @@ class KoopmanAccelerator:
 
         self._filled = 0
         self._cycle_steps = 0
+        self._rejected_in_a_row = 0 if accepted else self._rejected_in_a_row + 1
+        if self._backoff:
+            doublings = min(self._rejected_in_a_row, self._backoff)
+            self._wait_steps = (2**doublings - 1) * self._window * self._stride
         if stepped:
             self._after_inner_step()
         return loss
@@ -531,6 +547,8 @@ class KoopmanAccelerator:
                 "snapshot": self._snapshot,
                 "filled": self._filled,
                 "cycle_steps": self._cycle_steps,
+                "rejected_in_a_row": self._rejected_in_a_row,
+                "wait_steps": self._wait_steps,
                 "snapshots": [buf[: self._filled].clone() for buf in self._buffers],
                 # snapshot="mean" mid-block: the running sum of the block so far, in the next slot.
                 "partial": [buf[self._filled].clone() for buf in self._buffers] if self._summing() else None,
@@ -572,6 +590,8 @@ class KoopmanAccelerator:
                 buf[:filled].copy_(saved)
         self._filled = int(filled)
         self._cycle_steps = int(cycle_steps)
+        self._rejected_in_a_row = int(acc.get("rejected_in_a_row", 0))
+        self._wait_steps = int(acc.get("wait_steps", 0))
         partial = acc.get("partial")
         if self._summing():
             if partial is None or len(partial) != len(self._buffers):

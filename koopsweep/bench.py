@@ -22,7 +22,7 @@ from koopsweep.errors import UsageError
 from koopsweep.measure import compare, iqr, median, target_loss
 from koopsweep.training import OPTIMIZERS, KoopmanConfig, TrainingRun, train
 
-SHARED_KEYS = ("window", "horizon", "fallback", "stride", "snapshot", "burn_in", "reset_state", "check_batches")
+SHARED_KEYS = ("window", "horizon", "fallback", "stride", "snapshot", "burn_in", "backoff", "reset_state", "check_batches")
 
 
 @dataclass

@@ -452,7 +452,7 @@ def _parse_param(text: str) -> tuple[str, object]:
 @click.option("--variant", default="dmd-global", show_default=True, help="The Koopman variant to measure.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A variant parameter, a shared knob (window, horizon, fallback, stride, snapshot, "
-                   "burn_in, reset_state, check_batches), RULE.KEY for the fallback rule or task.KEY for the "
+                   "burn_in, backoff, reset_state, check_batches), RULE.KEY for the fallback rule or task.KEY for the "
                    "task. Repeatable.")
 @click.option("--optimizer", "optimizers", multiple=True, metavar="NAME",
               help="Inner optimizer and baseline: adam, adadelta, sgd, adagrad. Repeatable (default adam).")

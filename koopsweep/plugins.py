@@ -30,7 +30,7 @@ _AUTOLOAD_ON = ("", "0", "false", "no", "off")
 #: plugin may not use them, or a spec could not tell whose parameter it sets.
 RESERVED_PARAMETERS = frozenset(
     {
-        "variant", "window", "horizon", "fallback", "fallback_params", "stride", "snapshot", "burn_in",
+        "variant", "window", "horizon", "fallback", "fallback_params", "stride", "snapshot", "burn_in", "backoff",
         "reset_state", "check_batches", "max_jump_ratio", "explode_ratio", "optimizer", "lr", "seed", "budget",
         "device", "task", "time_cap",
     }

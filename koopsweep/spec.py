@@ -34,6 +34,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "stride": 1,
     "snapshot": "last",
     "burn_in": 0,
+    "backoff": 0,
     "reset_state": "keep",
     "check_batches": 0,
 }
@@ -227,7 +228,7 @@ def _check_search_values(check: _Checker, search: dict[str, SearchField]) -> Non
         for v in candidates:
             if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
                 check.fail(f"search.{name}", f"values must be integers >= {minimum}, got {v!r}")
-    for name in ("burn_in", "check_batches"):
+    for name in ("burn_in", "backoff", "check_batches"):
         f = search[name]
         for v in f.values() + [v for v in (f.low, f.high) if v is not None]:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:

@@ -53,6 +53,7 @@ class KoopmanConfig:
     stride: int = 1
     snapshot: str = "last"
     burn_in: int = 0
+    backoff: int = 0
     reset_state: str = "keep"
     # > 0: jumps are judged by the mean loss on this many fixed training batches, drawn once from a
     # stream seeded apart from the training one, instead of on the step's own minibatch.
@@ -68,6 +69,7 @@ class KoopmanConfig:
             stride=self.stride,
             snapshot=self.snapshot,
             burn_in=self.burn_in,
+            backoff=self.backoff,
             reset_state=self.reset_state,
             **self.variant_params,
         )

@@ -380,6 +380,26 @@ def test_mean_snapshots_with_stride_one_are_the_iterates():
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.parametrize("accept", [False, True])
+def test_backoff_doubles_the_wait_after_rejected_jumps_and_an_accepted_one_resets_it(accept):
+    window, backoff = 3, 2
+    model = mlp()
+    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=window, horizon=4,
+                             fallback=Spy(accept=accept), backoff=backoff)  # fmt: skip
+    attempts = []
+    for call, batch in enumerate(batches(60), start=1):
+        tried = acc.stats.jumps_tried
+        acc.step(mlp_closure(model, acc, batch))
+        if acc.stats.jumps_tried > tried:
+            attempts.append(call)
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    if accept:  # every jump accepted: one window per attempt, as without backoff
+        assert gaps == [window] * len(gaps) and len(gaps) >= 10
+    else:  # waits of 1, 3, then 3 windows (capped at 2**backoff - 1) before each window
+        assert gaps == [window * 2] + [window * 4] * 4
+    assert acc.backoff == backoff and f"backoff={backoff}" in repr(acc)
+
+
 def test_snapshot_counts():
     model = mlp()
     acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=4, horizon=5,
@@ -783,6 +803,24 @@ def test_state_dict_round_trip_keeps_a_part_summed_mean_snapshot(save_after):
         other.load_state_dict(saved["optimizer"])
 
 
+def test_state_dict_keeps_the_backoff_wait():
+    def make(model):
+        return KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=3, horizon=4,
+                                  fallback=Spy(), backoff=3)  # fmt: skip
+
+    model, resumed_model = mlp(), mlp()
+    acc, resumed = make(model), make(resumed_model)
+    data = batches(50)
+    for batch in data[:11]:  # two rejected jumps (calls 4 and 10): now waiting 3 windows
+        acc.step(mlp_closure(model, acc, batch))
+    _resume(model, acc, resumed_model, resumed)
+    for batch in data[11:]:
+        acc.step(mlp_closure(model, acc, batch))
+        resumed.step(mlp_closure(resumed_model, resumed, batch))
+        assert resumed.stats.jumps_tried == acc.stats.jumps_tried
+    assert acc.stats.jumps_tried == 4  # calls 4, 10, 22 and 46
+
+
 def test_load_state_dict_rejects_a_different_window():
     model = mlp()
     acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=4, fallback="none")
@@ -853,6 +891,7 @@ def _sgd():
         ({"horizon": True}, "horizon"),
         ({"stride": 0}, "stride=0"),
         ({"burn_in": -1}, "burn_in=-1"),
+        ({"backoff": -1}, "backoff=-1"),
         ({"reset_state": "clear"}, "reset_state='clear'"),
         ({"snapshot": "median"}, "snapshot='median'"),
         ({"max_jump_ratio": 0.0}, "max_jump_ratio"),

@@ -77,6 +77,7 @@ def test_check_batches_judge_jumps_on_a_fixed_sample_of_the_training_stream():
     assert stats.jumps_tried == 9 and stats.evaluations == 2 * stats.jumps_tried  # before and at each jump
     assert [p.loss for p in run.curve] == [p.loss for p in runs[1].curve]
     assert split_params("dmd-global", {"check_batches": 3})[0].check_batches == 3
+    assert split_params("dmd-global", {"backoff": 2})[0].accelerator_kwargs()["backoff"] == 2
     assert "check_batches" not in config.accelerator_kwargs() and config.flat_params()["check_batches"] == 3
 
 

@@ -90,6 +90,7 @@ BAD = [
     (MINIMAL + "[search]\nsnapshot = ['last', 'median']\n", "'search.snapshot'"),
     (MINIMAL + "[search]\nburn_in = -5\n", "'search.burn_in'"),
     (MINIMAL + "[search]\ncheck_batches = [0, -1]\n", "'search.check_batches'"),
+    (MINIMAL + "[search]\nbackoff = 1.5\n", "'search.backoff'"),
     (MINIMAL + "name = 'a/b'\n", None),  # duplicate key: TOML error
     ('name = "a/b"\ntask = "digits-mlp"\n', "'name'"),
 ]
