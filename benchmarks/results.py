@@ -83,6 +83,17 @@ CONFIGS["teacher-student-stochastic:dmd-global:adaptive"] = (
 CONFIGS["teacher-student:dmd-global:tuned"] = (
     "teacher-student", "dmd-global", {"window": 6, "horizon": 78, "fallback": "verify", "verify.tol": 0.038}
 )
+# `verify` with backoff (a doubling wait after rejected jumps, up to 8 windows) where plain `verify`
+# fell below 0.95x against Adam.
+CONFIGS["mnist1d-mlp:dmd-global:verify-mean8-backoff"] = (
+    "mnist1d-mlp", "dmd-global", {**DENOISED["mean8"], "fallback": "verify", "backoff": 3}
+)
+CONFIGS["digits-mlp:dmd-global:verify-backoff"] = (
+    "digits-mlp", "dmd-global", {"window": 8, "horizon": 40, "fallback": "verify", "backoff": 3}
+)
+CONFIGS["hnn-oscillator:dmd-global:verify-backoff"] = (
+    "hnn-oscillator", "dmd-global", {"window": 16, "horizon": 100, "fallback": "verify", "backoff": 3}
+)
 # The oscillator's sweep (studies/hnn_oscillator_adadelta.toml, 16 trials, one seed each): its best trial.
 CONFIGS["hnn-oscillator:dmd-global:tuned"] = (
     "hnn-oscillator", "dmd-global",
