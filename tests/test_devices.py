@@ -57,14 +57,17 @@ def closure_for(model, acc, x, y):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_recording_snapshots_never_waits_for_the_device(device):
-    """Between jumps the accelerator only queues copies: no step may block on the GPU."""
+@pytest.mark.parametrize("stride, snapshot", [(1, "last"), (3, "mean")])
+def test_recording_snapshots_never_waits_for_the_device(device, stride, snapshot):
+    """Between jumps the accelerator only queues copies (and sums, for mean snapshots): no step may
+    block on the GPU."""
     device = torch.device(device)
     model = small_model(device)
-    acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2), "dmd-global", window=8, horizon=20)
+    acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2), "dmd-global", window=8, horizon=20,
+                             stride=stride, snapshot=snapshot)  # fmt: skip
     x, y = torch.randn(32, 6, device=device), torch.randn(32, 1, device=device)
     with no_host_syncs(device):
-        for _ in range(acc.window):
+        for _ in range(acc.window * stride):
             acc.step(closure_for(model, acc, x, y))
     assert acc.snapshots_filled == acc.window and acc.jump_due
     acc.step(closure_for(model, acc, x, y))  # the jump itself may sync: it decides on a loss
