@@ -339,7 +339,8 @@ class KoopmanAccelerator:
         return (
             f"KoopmanAccelerator({type(self.optimizer).__name__}, variant={self.variant!r}, "
             f"fallback={self.fallback!r}, window={self._window}, horizon={self._horizon}, stride={self._stride}, "
-            f"snapshot={self._snapshot!r}, burn_in={self._burn_in}, backoff={self._backoff}, reset_state={self._reset_state!r}, max_jump_ratio={self._max_jump_ratio}, "
+            f"snapshot={self._snapshot!r}, burn_in={self._burn_in}, backoff={self._backoff}, "
+            f"reset_state={self._reset_state!r}, max_jump_ratio={self._max_jump_ratio}, "
             f"explode_ratio={self._explode_ratio})"
         )
 

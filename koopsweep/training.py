@@ -19,11 +19,11 @@ from koopsweep.devices import Stopwatch
 from koopsweep.errors import UsageError
 from koopsweep.tasks._base import Task
 
-#: The baseline optimizers, by name. SGD uses momentum 0.9, the usual tuned-SGD baseline.
 #: The check batches' stream is ``task.batches(seed + this)``: a fixed sample of the training data,
 #: in an order unrelated to the training stream's.
 CHECK_STREAM_SEED_OFFSET = 1_000_003
 
+#: The baseline optimizers, by name. SGD uses momentum 0.9, the usual tuned-SGD baseline.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
     "adadelta": lambda params, lr: torch.optim.Adadelta(params, lr=lr),
