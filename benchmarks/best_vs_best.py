@@ -48,7 +48,7 @@ from koopsweep import plots, plugins
 from koopsweep.bench import split_params
 from koopsweep.devices import device_label, resolve_device
 from koopsweep.errors import KoopsweepError, UsageError
-from koopsweep.measure import first_reaching, target_loss
+from koopsweep.measure import first_reaching, median, quartiles, target_loss
 from koopsweep.training import OPTIMIZERS, KoopmanConfig, RunResult, TrainingRun, train
 
 BASELINES = list(OPTIMIZERS)  # adam, adadelta, sgd, adagrad
@@ -196,18 +196,9 @@ def measure_seed(task, accelerated: list[Accelerated], seed: int, *, budget: int
 
 
 def _quartiles(values: list[float]) -> tuple[float, float, float] | None:
-    values = sorted(v for v in values if v is not None)
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q2, q3
-
-
-def _median_or_none(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+    """(lower quartile, median, upper quartile), or None without values."""
+    q = quartiles(values)
+    return None if q is None else (q[0], median(values), q[1])
 
 
 def _lowest(run: dict[str, Any]) -> float:
@@ -227,7 +218,7 @@ def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
             "best_count": sum(s["best_baseline"] == name for s in seeds),
             "reached_fraction": len(reached) / n,
             "time_to_target_s": _quartiles(reached),
-            "steps_to_target": _median_or_none([s["runs"][name]["steps_to_target"] for s in seeds]),
+            "steps_to_target": median([s["runs"][name]["steps_to_target"] for s in seeds]),
             "lowest_over_target": statistics.median(_lowest(s["runs"][name]) / s["target_loss"] for s in seeds),
             "seconds_per_step": statistics.median(s["runs"][name]["time_s"] / s["runs"][name]["steps"] for s in seeds),
         }
@@ -239,7 +230,7 @@ def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
             "speedup": _quartiles([x["speedup_bound"] for x in sp]),
             "reached_fraction": sum(x["reached"] for x in sp) / n,
             "time_to_target_s": _quartiles([t for t in times if t is not None]),
-            "steps_to_target": _median_or_none([s["runs"][label]["steps_to_target"] for s in seeds]),
+            "steps_to_target": median([s["runs"][label]["steps_to_target"] for s in seeds]),
             "lowest_over_target": statistics.median(_lowest(s["runs"][label]) / s["target_loss"] for s in seeds),
             "seconds_per_step": statistics.median(s["runs"][label]["time_s"] / s["runs"][label]["steps"] for s in seeds),
             "vs_inner": _quartiles([x["vs_inner"] for x in sp if x["vs_inner"] is not None]),

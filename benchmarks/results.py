@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from koopsweep.bench import BenchSettings, run_bench
+from koopsweep.measure import quartiles
 
 OPTIMIZERS = ["adam", "adadelta"]
 OTHER_VARIANTS = ("dmd-layer", "dmd-hankel", "dmd-fixedpoint", "dmd-node")
@@ -126,8 +126,7 @@ def _cell(report: dict[str, Any], optimizer: str) -> str:
     s = report["summary"].get(optimizer)
     if s is None:
         return "| | | |"
-    speedups = sorted(r["speedup_bound"] for r in report["results"] if r["optimizer"] == optimizer)
-    low, high = statistics.quantiles(speedups, n=4, method="inclusive")[::2] if len(speedups) > 1 else speedups * 2
+    low, high = quartiles([r["speedup_bound"] for r in report["results"] if r["optimizer"] == optimizer])
     reached = "" if s["reached_fraction"] == 1 else f", {s['reached_fraction']:.0%} reached"
     steps = "-" if s["median_step_speedup"] is None else f"{s['median_step_speedup']:.2f}x"
     return f"| {s['median_speedup']:.2f}x ({low:.2f}-{high:.2f}){reached} | {steps} | {s['median_acceptance_rate']:.0%} "

@@ -43,6 +43,7 @@ from variant_speed import MLPTrainer, time_one  # noqa: E402
 from koopsweep.accelerator import KoopmanAccelerator  # noqa: E402
 from koopsweep.bench import BenchSettings, run_bench  # noqa: E402
 from koopsweep.devices import time_call  # noqa: E402
+from koopsweep.measure import quartiles  # noqa: E402
 from koopsweep.plugins import load_task, load_variant  # noqa: E402
 
 TASK = "teacher-student"
@@ -212,7 +213,7 @@ def bench_table(benches: list[dict[str, Any]]) -> str:
             base_s = statistics.median(r["baseline_time_s"] for r in rows)
             fit_s = statistics.median(r["stats"]["fit_time_s"] + r["stats"]["predict_time_s"] for r in rows)
             verify_s = statistics.median(r["stats"]["verify_time_s"] for r in rows)
-            q1, q3 = _quartiles(sp)
+            q1, q3 = quartiles(sp)
             out.append(
                 f"| {b['n_params']:,} | {hidden} | {b['settings']['budget']} | {opt} | {s['median_speedup']:.2f}x "
                 f"({q1:.2f}-{q3:.2f}) | {', '.join(f'{x:.2f}' for x in sp)} | {s['reached_fraction']:.0%} | "
@@ -220,13 +221,6 @@ def bench_table(benches: list[dict[str, Any]]) -> str:
                 f"{s['median_fit_over_step']:.2f} | {per_step * 1e3:.2f} ms | {base_s:.1f} | {fit_s:.2f} | {verify_s:.2f} |"
             )
     return "\n".join(out)
-
-
-def _quartiles(xs: list[float]) -> tuple[float, float]:
-    if len(xs) < 2:
-        return xs[0], xs[0]
-    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
-    return q1, q3
 
 
 def draw(costs: list[dict[str, Any]], benches: list[dict[str, Any]], folder: Path) -> list[Path]:
@@ -262,7 +256,7 @@ def draw(costs: list[dict[str, Any]], benches: list[dict[str, Any]], folder: Pat
             x, y, lo, hi = [], [], [], []
             for b in benches:
                 sp = _speedups(b, opt)
-                q1, q3 = _quartiles(sp)
+                q1, q3 = quartiles(sp)
                 med = statistics.median(sp)
                 x.append(b["n_params"] * shift)
                 y.append(med)

@@ -119,12 +119,18 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def iqr(values: list[float]) -> float | None:
+def quartiles(values: list[float | None]) -> tuple[float, float] | None:
+    """Lower and upper quartile (inclusive method) of the values that are set; one value is both."""
     values = sorted(v for v in values if v is not None and not math.isnan(v))
     if len(values) < 2:
-        return 0.0 if values else None
+        return (values[0], values[0]) if values else None
     q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[2] - q[0]
+    return q[0], q[2]
+
+
+def iqr(values: list[float]) -> float | None:
+    q = quartiles(values)
+    return None if q is None else q[1] - q[0]
 
 
 def format_speedup(comparison_or_value: Comparison | float | None, reached: bool = True) -> str:

@@ -222,6 +222,8 @@ class TrainingRun:
         if self.stopped != "budget":
             return self.stopped
         task, model, stepper = self.task, self.model, self.stepper
+        # Only the accelerator takes a check; a plain optimizer's step() would refuse the keyword.
+        judge = {"check": self._check_loss} if self.check_batches else {}
         self.clock.start()
         while self.steps < max_steps:
             batch, self._next_batch = self._next_batch, None
@@ -234,10 +236,7 @@ class TrainingRun:
                 loss.backward()
                 return loss
 
-            if self.check_batches:
-                stepper.step(closure, check=self._check_loss)
-            else:
-                stepper.step(closure)
+            stepper.step(closure, **judge)
             self.steps += 1
             if self.steps % self.eval_every == 0 or self.steps == max_steps:
                 self._evaluate()

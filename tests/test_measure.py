@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from koopsweep.measure import compare, format_speedup, iqr, median, target_loss
+from koopsweep.measure import compare, format_speedup, iqr, median, quartiles, target_loss
 from koopsweep.training import Checkpoint, KoopmanConfig, RunResult
 
 
@@ -58,3 +58,5 @@ def test_median_and_iqr_ignore_missing_values():
     assert median([1.0, None, 3.0, math.nan]) == 2.0
     assert iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0)
     assert median([None]) is None
+    assert quartiles([5.0, None, 1.0, 3.0, math.nan, 2.0, 4.0]) == pytest.approx((2.0, 4.0))
+    assert quartiles([7.0, None]) == (7.0, 7.0) and quartiles([None]) is None and iqr([None]) is None
