@@ -49,9 +49,12 @@ from koopsweep.bench import split_params
 from koopsweep.devices import device_label, resolve_device
 from koopsweep.errors import KoopsweepError, UsageError
 from koopsweep.measure import first_reaching, median, quartiles, target_loss
-from koopsweep.training import OPTIMIZERS, KoopmanConfig, RunResult, TrainingRun, train
+from koopsweep.schedules import Schedule
+from koopsweep.training import KoopmanConfig, RunResult, TrainingRun, learning_rate, task_schedule, train
 
-BASELINES = list(OPTIMIZERS)  # adam, adadelta, sgd, adagrad
+#: The baselines of the first series (docs/best-vs-best.md); ``--baselines all`` takes every installed
+#: optimizer plugin, the reference a user would pick from.
+BASELINES = ["adam", "adadelta", "sgd", "adagrad"]
 
 
 @dataclass
@@ -65,9 +68,10 @@ class Accelerated:
     config: KoopmanConfig = field(init=False)
 
     def __post_init__(self) -> None:
-        self.config, task_params = split_params(self.variant, dict(self.params))
-        if task_params:
-            raise UsageError(f"{self.label}: task parameters ({', '.join(task_params)}) belong to the task, not to one configuration")
+        split = split_params(self.variant, dict(self.params), [self.optimizer])
+        self.config, self.optimizer_params = split.koopman, split.optimizers[self.optimizer]
+        if split.task:
+            raise UsageError(f"{self.label}: task parameters ({', '.join(split.task)}) belong to the task, not to one configuration")
 
     @property
     def label(self) -> str:
@@ -117,19 +121,18 @@ def _run_record(run: RunResult, target: float, accelerated: bool) -> dict[str, A
     return record
 
 
-def measure_seed(task, accelerated: list[Accelerated], seed: int, *, budget: int, cap_factor: float,
-                 device: torch.device) -> dict[str, Any]:  # fmt: skip
+def measure_seed(task, accelerated: list[Accelerated], seed: int, *, baselines: list[str], budget: int,
+                 cap_factor: float, device: torch.device, schedule: Schedule) -> dict[str, Any]:  # fmt: skip
     """All baselines and accelerated runs of one seed, in an order rotated by the seed."""
-    lrs = type(task).baseline_lrs
     eval_every = task.checkpoint_interval(budget)
-    labels = BASELINES + [acc.label for acc in accelerated]
+    labels = baselines + [acc.label for acc in accelerated]
     by_label = {acc.label: acc for acc in accelerated}
     shift = seed % len(labels)
     order = labels[shift:] + labels[:shift]
-    common = dict(seed=seed, device=device, eval_every=eval_every)
+    common = dict(seed=seed, device=device, eval_every=eval_every, schedule=schedule)
     cap_steps = int(math.ceil(cap_factor * budget))
 
-    baselines: dict[str, RunResult] = {}
+    names, baselines = baselines, {}  # the names to run, then their runs
     paused: dict[str, TrainingRun] = {}  # accelerated runs that trained the budget before the target was known
     finished: dict[str, RunResult] = {}
     goal: dict[str, float] = {}
@@ -157,13 +160,14 @@ def measure_seed(task, accelerated: list[Accelerated], seed: int, *, budget: int
             finish(name, run)
 
     for label in order:
-        if label in BASELINES:
-            baselines[label] = train(task, optimizer=label, lr=float(lrs[label]), max_steps=budget, **common)
-            if len(baselines) == len(BASELINES):
+        if label in names:
+            baselines[label] = train(task, optimizer=label, lr=learning_rate(task, label)[0], max_steps=budget, **common)
+            if len(baselines) == len(names):
                 settle_target()
         else:
             acc = by_label[label]
-            run = TrainingRun(task, optimizer=acc.optimizer, lr=float(lrs[acc.optimizer]), koopman=acc.config, **common)
+            run = TrainingRun(task, optimizer=acc.optimizer, lr=learning_rate(task, acc.optimizer)[0],
+                              koopman=acc.config, optimizer_params=acc.optimizer_params, **common)  # fmt: skip
             if "target" in goal:
                 finish(label, run)
             else:
@@ -176,7 +180,7 @@ def measure_seed(task, accelerated: list[Accelerated], seed: int, *, budget: int
     speedups = {}
     for acc in accelerated:
         record = runs[acc.label]
-        own = runs[acc.optimizer]["time_to_target_s"]  # its inner optimizer alone, if that got there
+        own = runs[acc.optimizer]["time_to_target_s"] if acc.optimizer in runs else None  # its inner optimizer alone
         t = record["time_to_target_s"]
         speedups[acc.label] = {
             "reached": t is not None,
@@ -211,7 +215,7 @@ def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
     its speedup quartiles with its upper bound, as `koopsweep bench` does; "reached" says how often."""
     n = len(seeds)
     baselines = {}
-    for name in BASELINES:
+    for name in (name for name, run in seeds[0]["runs"].items() if not run["accelerated"]):
         times = [s["runs"][name]["time_to_target_s"] for s in seeds]
         reached = [t for t in times if t is not None]
         baselines[name] = {
@@ -245,22 +249,25 @@ def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
     }
 
 
-def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, budget: int | None = None,
-            cap_factor: float = 2.0, device: str = "cpu", task_params: dict[str, Any] | None = None,
-            on_progress=None) -> dict[str, Any]:  # fmt: skip
+def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, baselines: list[str] | None = None,
+            budget: int | None = None, cap_factor: float = 2.0, device: str = "cpu",
+            task_params: dict[str, Any] | None = None, on_progress=None) -> dict[str, Any]:  # fmt: skip
     """The whole measurement of one task: every seed, then the summary. Returns the JSON-ready report."""
     task_cls = plugins.load_task(task_name)
     task = task_cls(**(task_params or {}))
     dev = resolve_device(device)
     budget = budget or task_cls.default_budget
-    missing = [name for name in BASELINES + [a.optimizer for a in accelerated] if name not in task_cls.baseline_lrs]
-    if missing:
-        raise UsageError(f"task {task_name!r} has no tuned learning rate for {', '.join(sorted(set(missing)))}")
+    schedule = task_schedule(task_cls, budget)
+    baselines = list(baselines or BASELINES)
+    untuned = [name for name in baselines + [a.optimizer for a in accelerated] if not learning_rate(task_cls, name)[1]]
+    if untuned:
+        raise UsageError(f"task {task_name!r} has no tuned learning rate for {', '.join(sorted(set(untuned)))}")
     started = time.perf_counter()
     load_before = os.getloadavg()
     per_seed = []
     for seed in range(seeds):
-        per_seed.append(measure_seed(task, accelerated, seed, budget=budget, cap_factor=cap_factor, device=dev))
+        per_seed.append(measure_seed(task, accelerated, seed, baselines=baselines, budget=budget,
+                                     cap_factor=cap_factor, device=dev, schedule=schedule))  # fmt: skip
         if on_progress:
             on_progress(f"{task_name} seed {seed}: best baseline {per_seed[-1]['best_baseline']}")
     labels = [a.label for a in accelerated]
@@ -271,7 +278,8 @@ def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, budge
             "budget": budget,
             "cap_factor": cap_factor,
             "seeds": seeds,
-            "baselines": {name: task_cls.baseline_lrs[name] for name in BASELINES},
+            "baselines": {name: task_cls.baseline_lrs[name] for name in baselines},
+            "schedule": schedule.describe(),
             "accelerated": [
                 {"label": a.label, "variant": a.variant, "optimizer": a.optimizer,
                  "lr": task_cls.baseline_lrs[a.optimizer], "koopman": a.config.flat_params()}  # fmt: skip
@@ -372,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="task to run (repeatable; default: all)")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=None, help="baseline steps (default: the task's)")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help="comma-separated optimizer names, or 'all' for every installed one "
+                             f"(default {','.join(BASELINES)})")  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--figures", type=Path, default=None, help="folder for the PNGs (default: --out)")
     parser.add_argument("--summarize", action="store_true", help="only print tables and draw figures from --out")
@@ -380,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must be at least 1")
     torch.set_num_threads(1)  # two threads per process spin against each other on a shared 2-core machine
     tasks = args.task or list(DEFAULT_CONFIGS)
+    baselines = plugins.available("optimizers") if args.baselines == "all" else args.baselines.split(",")
     figures = args.figures or args.out
     args.out.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
@@ -394,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task}: no {path}", file=sys.stderr)
             continue
         else:
-            report = measure(task, DEFAULT_CONFIGS[task], args.seeds, budget=args.budget, device=args.device,
-                             on_progress=lambda msg: print(msg, file=sys.stderr, flush=True))  # fmt: skip
+            report = measure(task, DEFAULT_CONFIGS[task], args.seeds, baselines=baselines, budget=args.budget,
+                             device=args.device, on_progress=lambda msg: print(msg, file=sys.stderr, flush=True))  # fmt: skip
             path.write_text(json.dumps(report, indent=1))
         figure(report, figures / f"best-vs-best-{task}.png")
         print(tables(report) + "\n")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from koopsweep.plugins import load_task, load_variant
-from koopsweep.training import make_optimizer
+from koopsweep.training import build_optimizer
 
 HORIZONS = [5, 10, 20, 40, 80, 160, 320]
 POINTS = [0.125, 0.25, 0.5, 0.75]  # fractions of the task's default budget
@@ -33,7 +33,7 @@ class PlainRun:
     def __init__(self, task: Any, optimizer: str, lr: float, seed: int, device: torch.device) -> None:
         self.task, self.seed, self.device = task, seed, device
         self.model = task.build_model(seed).to(device)
-        self.optimizer = make_optimizer(optimizer, self.model.parameters(), lr)
+        _, self.optimizer = build_optimizer(optimizer, self.model.parameters(), lr)
         self.optimizer_name, self.lr = optimizer, lr
         self.steps = 0
         self._batches = task.batches(seed, device)

@@ -1,12 +1,15 @@
 """Tune the baseline learning rates of a task: a small log grid per optimizer, best final eval loss wins.
 
-    python benchmarks/tune_baselines.py TASK [--budget N] [--seeds K] [--grid OPT=LR,LR,...] [--param KEY=VALUE]
+    python benchmarks/tune_baselines.py TASK [--budget N] [--seeds K] [--optimizers a,b|all]
+                                             [--grid OPT=LR,LR,...] [--param KEY=VALUE]
 
-For each optimizer (adam, adadelta, sgd with momentum 0.9, adagrad) and each learning rate of its grid,
-train ``budget`` gradient steps (default: the task's ``default_budget``) on CPU from seeds 0..K-1, using
-only the Task API (build_model, batches, loss, eval_loss), and record the evaluation loss at the end. The
-chosen lr is the one with the lowest mean final eval loss over the seeds (a diverged run counts as +inf).
-A choice at the edge of its grid is flagged: widen the grid and run again.
+For each optimizer plugin (default: adam, adadelta, sgd, adagrad; ``all``: every installed one) and each
+learning rate of its grid, train ``budget`` gradient steps (default: the task's ``default_budget``) on
+CPU from seeds 0..K-1 with `koopsweep.training.train` (so with the task's schedule, and judged where
+the optimizer is judged: an EMA at its average, schedule-free AdamW at its averaged point), and record
+the evaluation loss at the end. The chosen lr is the one with the lowest mean final eval loss over the
+seeds (a diverged run counts as +inf). A choice at the edge of its grid is flagged: widen the grid and
+run again.
 
 The result is printed as a table and as a ``baseline_lrs`` literal to paste into the task class.
 """
@@ -24,43 +27,36 @@ from typing import Any
 
 import torch
 
-from koopsweep.plugins import load_task
+from koopsweep.plugins import available, load_optimizer, load_task
+from koopsweep.training import task_schedule, train
 
-#: Default grids (half-decade steps), wide enough around each optimizer's usual range.
+#: Default grids (half-decade steps), wide enough around each optimizer's usual range. An optimizer
+#: without one gets a grid of five half-decades centred on its plugin's default_lr.
+ADAM_LIKE = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 GRIDS: dict[str, list[float]] = {
     "adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
     "adadelta": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0],
     "sgd": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
     "adagrad": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
+    "rmsprop": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+    **{name: ADAM_LIKE for name in ("adamw", "nadam", "muon", "lookahead-adam", "snoo-adam", "ema-adam")},
+    "schedulefree-adamw": ADAM_LIKE,
 }
+DEFAULT_OPTIMIZERS = ["adam", "adadelta", "sgd", "adagrad"]
 
 
-def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "adadelta":
-        return torch.optim.Adadelta(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}")
+def grid_for(name: str) -> list[float]:
+    if name in GRIDS:
+        return list(GRIDS[name])
+    centre = load_optimizer(name).default_lr
+    return [float(f"{centre * 10 ** (k / 2):.3g}") for k in range(-2, 3)]
 
 
 def final_loss(task: Any, optimizer: str, lr: float, seed: int, budget: int) -> float:
     """Train ``budget`` steps on CPU and return the final eval loss (inf if the run diverged)."""
-    device = torch.device("cpu")
-    model = task.build_model(seed).to(device)
-    opt = make_optimizer(optimizer, model.parameters(), lr)
-    batches = task.batches(seed, device)
-    for step in range(budget):
-        opt.zero_grad()
-        loss = task.loss(model, next(batches))
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 and not math.isfinite(loss.item()):
-            return math.inf
-    value = task.eval_loss(model, device)
+    run = train(task, optimizer=optimizer, lr=lr, seed=seed, device=torch.device("cpu"), max_steps=budget,
+                eval_every=budget, schedule=task_schedule(task, budget))  # fmt: skip
+    value = run.final_loss
     return value if math.isfinite(value) else math.inf
 
 
@@ -76,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("task", help="a registered task name, e.g. digits-mlp")
     parser.add_argument("--budget", type=int, help="gradient steps per run (default: the task's default_budget)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..K-1 per learning rate (default 2)")
-    parser.add_argument("--optimizers", default=",".join(GRIDS), help="comma-separated subset of " + ",".join(GRIDS))
+    parser.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
+                        help="comma-separated optimizer names, or 'all' (default " + ",".join(DEFAULT_OPTIMIZERS) + ")")
     parser.add_argument("--grid", action="append", default=[], metavar="OPT=LR,LR,...", help="replace a grid")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a task parameter")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -84,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    grids = {name: list(GRIDS[name]) for name in args.optimizers.split(",")}
+    names = available("optimizers") if args.optimizers == "all" else args.optimizers.split(",")
+    grids = {name: grid_for(name) for name in names}
     for spec in args.grid:
         name, _, values = spec.partition("=")
         grids[name] = [float(v) for v in values.split(",")]

@@ -16,6 +16,7 @@ _PUBLIC = {
     "AcceleratorStats": "koopsweep.accelerator",
     "Variant": "koopsweep.variants._base",
     "Task": "koopsweep.tasks._base",
+    "OptimizerPlugin": "koopsweep.optimizers._base",
     "FallbackRule": "koopsweep.fallbacks._base",
     "Decision": "koopsweep.fallbacks._base",
     "JumpProposal": "koopsweep.fallbacks._base",
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from koopsweep.accelerator import AcceleratorStats, KoopmanAccelerator
     from koopsweep.errors import KoopsweepError, PluginValidationError
     from koopsweep.fallbacks._base import Decision, FallbackRule, JumpProposal
+    from koopsweep.optimizers._base import OptimizerPlugin
     from koopsweep.tasks._base import Task
     from koopsweep.variants._base import Variant
 

@@ -20,7 +20,7 @@ from koopsweep import plugins
 from koopsweep.devices import device_label, resolve_device
 from koopsweep.errors import UsageError
 from koopsweep.measure import compare, iqr, median, target_loss
-from koopsweep.training import OPTIMIZERS, KoopmanConfig, TrainingRun, train
+from koopsweep.training import KoopmanConfig, TrainingRun, learning_rate, task_schedule, train
 
 SHARED_KEYS = ("window", "horizon", "fallback", "stride", "snapshot", "burn_in", "backoff", "reset_state", "check_batches")
 
@@ -30,21 +30,33 @@ class BenchSettings:
     task: str
     variant: str = "dmd-global"
     params: dict[str, Any] = field(default_factory=dict)  # --param KEY=VALUE, before splitting
-    optimizers: list[str] = field(default_factory=lambda: ["adam"])
+    optimizers: list[str] = field(default_factory=list)  # empty: the task's default optimizer
     seeds: int = 5
     device: str = "auto"
     budget: int | None = None
     cap_factor: float = 2.0
     target: str = "final"
+    schedule: str | None = None  # None: the task's
+    warmup: int | None = None
 
 
-def split_params(variant: str, params: dict[str, Any]) -> tuple[KoopmanConfig, dict[str, Any]]:
-    """Sort ``--param`` values into shared knobs, the variant's, the fallback rule's (``RULE.KEY``)
-    and the task's (``task.KEY``). Unknown keys are an error naming the accepted ones."""
+@dataclass
+class SplitParams:
+    """``--param`` values sorted by owner."""
+
+    koopman: KoopmanConfig
+    task: dict[str, Any]
+    optimizers: dict[str, dict[str, Any]]  # optimizer name -> its parameters
+
+
+def split_params(variant: str, params: dict[str, Any], optimizers: tuple[str, ...] | list[str] = ()) -> SplitParams:
+    """Sort ``--param`` values into shared knobs, the variant's, the fallback rule's (``RULE.KEY``), an
+    optimizer's (``OPTIMIZER.KEY``, for one of ``optimizers``) and the task's (``task.KEY``). Unknown keys
+    are an error naming the accepted ones."""
     variant_cls = plugins.load_variant(variant)
     shared: dict[str, Any] = {}
     variant_params: dict[str, Any] = {}
-    rule_params: dict[str, Any] = {}
+    dotted: dict[str, Any] = {}
     task_params: dict[str, Any] = {}
     for key, value in params.items():
         if key in SHARED_KEYS:
@@ -54,43 +66,54 @@ def split_params(variant: str, params: dict[str, Any]) -> tuple[KoopmanConfig, d
         elif key in variant_cls.defaults:
             variant_params[key] = value
         elif "." in key:
-            rule_params[key] = value
+            dotted[key] = value
         else:
             raise UsageError(
                 f"--param {key}: not a parameter of variant {variant!r} ({', '.join(variant_cls.defaults) or 'none'}) "
-                f"nor a shared one ({', '.join(SHARED_KEYS)}); fallback and task parameters are written RULE.KEY and task.KEY"
+                f"nor a shared one ({', '.join(SHARED_KEYS)}); fallback, optimizer and task parameters are written "
+                "RULE.KEY, OPTIMIZER.KEY and task.KEY"
             )
     config = KoopmanConfig(variant=variant, variant_params=variant_params, **shared)
-    for key, value in rule_params.items():
-        rule, _, name = key.partition(".")
-        if rule != config.fallback:
-            raise UsageError(f"--param {key}: the fallback rule is {config.fallback!r}, not {rule!r}")
-        config.fallback_params[name] = value
-    return config, task_params
+    optimizer_params: dict[str, dict[str, Any]] = {name: {} for name in optimizers}
+    for key, value in dotted.items():
+        owner, _, name = key.partition(".")
+        if owner == config.fallback:
+            config.fallback_params[name] = value
+        elif owner in optimizer_params:
+            optimizer_params[owner][name] = value
+        else:
+            owners = [config.fallback, *optimizers]
+            raise UsageError(f"--param {key}: {owner!r} is neither the fallback rule nor an optimizer here ({', '.join(owners)})")
+    return SplitParams(config, task_params, optimizer_params)
 
 
 def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the measurement and return the JSON-ready report (settings, results, summary)."""
-    for name in settings.optimizers:
-        if name not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
     if settings.seeds < 1:
         raise UsageError("--seeds must be at least 1")
-    config, task_params = split_params(settings.variant, settings.params)
     task_cls = plugins.load_task(settings.task)
+    optimizers = list(settings.optimizers) or [task_cls.default_optimizer]
+    for name in optimizers:
+        plugins.load_optimizer(name)  # an unknown name fails here, listing the installed ones
+    split = split_params(settings.variant, settings.params, optimizers)
+    config, task_params = split.koopman, split.task
     task = task_cls(**task_params)
     device = resolve_device(settings.device)
     budget = settings.budget or task_cls.default_budget
+    schedule = task_schedule(task_cls, budget, settings.schedule, settings.warmup)
     eval_every = task.checkpoint_interval(budget)
     cap_steps = int(math.ceil(settings.cap_factor * budget))
     results: list[dict[str, Any]] = []
+    rates: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
-    for optimizer in settings.optimizers:
-        if optimizer not in task_cls.baseline_lrs:
-            raise UsageError(f"task {settings.task!r} has no tuned learning rate for {optimizer!r}")
-        lr = float(task_cls.baseline_lrs[optimizer])
+    for optimizer in optimizers:
+        lr, tuned = learning_rate(task_cls, optimizer)
+        rates[optimizer] = {"lr": lr, "tuned": tuned, "params": split.optimizers[optimizer]}
         for seed in range(settings.seeds):
-            common = dict(optimizer=optimizer, lr=lr, seed=seed, device=device, eval_every=eval_every)
+            common = dict(
+                optimizer=optimizer, lr=lr, seed=seed, device=device, eval_every=eval_every,
+                optimizer_params=split.optimizers[optimizer], schedule=schedule,
+            )  # fmt: skip
             koopman_first = seed % 2 == 1
             run = TrainingRun(task, koopman=config, **common)
             if koopman_first:
@@ -123,15 +146,19 @@ def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None
                     "window_local_speedup": c.window_local_speedup,
                     "fit_over_step": c.fit_over_step,
                     "seconds_per_step": baseline.seconds_per_step,
+                    "baseline_metrics": baseline.metrics,
+                    "koopman_metrics": koopman.metrics,
                     "stats": koopman.stats,
                 }
             )
             if on_progress:
                 on_progress(f"{optimizer} seed {seed}")
     summary = {}
-    for optimizer in settings.optimizers:
+    for optimizer in optimizers:
         rows = [r for r in results if r["optimizer"] == optimizer]
         summary[optimizer] = {
+            "lr": rates[optimizer]["lr"],
+            "lr_tuned": rates[optimizer]["tuned"],
             "median_speedup": median([r["speedup_bound"] for r in rows]),
             "speedup_iqr": iqr([r["speedup_bound"] for r in rows]),
             "reached_fraction": sum(r["reached"] for r in rows) / len(rows),
@@ -146,7 +173,10 @@ def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None
             "task_params": task_params,
             "variant": settings.variant,
             "koopman": config.flat_params(),
-            "optimizers": settings.optimizers,
+            "optimizers": optimizers,
+            "learning_rates": rates,
+            "schedule": schedule.describe(),
+            "data": task.data_facts(),
             "seeds": settings.seeds,
             "budget": budget,
             "cap_factor": settings.cap_factor,

@@ -53,7 +53,7 @@ def main(debug: bool) -> None:
 # ----------------------------------------------------------------------------------------- plugins
 @main.group()
 def plugins() -> None:
-    """Installed variants, tasks and fallback rules (built-in and third-party)."""
+    """Installed variants, tasks, fallback rules and optimizers (built-in and third-party)."""
 
 
 @plugins.command("list")
@@ -63,7 +63,7 @@ def plugins() -> None:
     "--group",
     "groups",
     multiple=True,
-    type=click.Choice(["variants", "tasks", "fallbacks"]),
+    type=click.Choice(["variants", "tasks", "fallbacks", "optimizers"]),
     help="Only this group (repeatable).",
 )
 def plugins_list(as_json: bool, strict: bool, groups: tuple[str, ...]) -> None:
@@ -319,13 +319,14 @@ def _print_summary(study_obj, spec, *, as_json: bool) -> None:
     from rich.table import Table
 
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary["trials_by_state"].items())) or "no trials"
-    table = Table(
-        title=f"study {spec.name} ({spec.task}, inner {spec.optimizer}): {states}",
-        caption="speedup: baseline time to its final loss / accelerated time to the same loss, median over seeds",
-    )
+    untuned = summary["untuned_lrs"]
+    caption = "speedup: baseline time to its final loss / accelerated time to the same loss, median over seeds"
+    if untuned:
+        caption += f"\n* untuned: {spec.task} has no tuned rate for {', '.join(untuned)}, so its default_lr ran"
+    table = Table(title=f"study {spec.name} ({spec.task}, inner {spec.optimizer}): {states}", caption=caption)
     table.add_column("trial", no_wrap=True)
     table.add_column("variant", no_wrap=True)
-    for column in (*[f"vs {b}" for b in spec.baselines], "accepted", "fit/step"):
+    for column in (*[f"vs {b}{'*' if b in untuned else ''}" for b in spec.baselines], "accepted", "fit/step"):
         table.add_column(column)
     table.add_column("parameters", overflow="fold", ratio=1)
     for row in summary["best_trials"]:
@@ -452,16 +453,21 @@ def _parse_param(text: str) -> tuple[str, object]:
 @click.option("--variant", default="dmd-global", show_default=True, help="The Koopman variant to measure.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A variant parameter, a shared knob (window, horizon, fallback, stride, snapshot, "
-                   "burn_in, backoff, reset_state, check_batches), RULE.KEY for the fallback rule or task.KEY for the "
-                   "task. Repeatable.")
+                   "burn_in, backoff, reset_state, check_batches), RULE.KEY for the fallback rule, OPTIMIZER.KEY "
+                   "for an optimizer (both sides of the pair) or task.KEY for the task. Repeatable.")
 @click.option("--optimizer", "optimizers", multiple=True, metavar="NAME",
-              help="Inner optimizer and baseline: adam, adadelta, sgd, adagrad. Repeatable (default adam).")
+              help="Inner optimizer and baseline: any installed optimizer plugin (koopsweep plugins list "
+                   "--group optimizers). Repeatable (default: the task's own, e.g. adam or adamw).")
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Paired seeds per optimizer.")
 @click.option("--budget", type=click.IntRange(min=1), help="Baseline gradient steps (default: the task's).")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]),
+              help="Learning-rate schedule of both sides (default: the task's).")
+@click.option("--warmup", type=click.IntRange(min=0), help="Linear warm-up steps of the schedule (default: the task's).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Also write the report as JSON here.")
 def bench(task: str, variant: str, params: tuple[str, ...], optimizers: tuple[str, ...], seeds: int,
-          budget: int | None, device: str, json_path: str | None) -> None:  # fmt: skip
+          budget: int | None, schedule: str | None, warmup: int | None, device: str,
+          json_path: str | None) -> None:  # fmt: skip
     """Measure the end-to-end speedup of one configuration on TASK against its baselines.
 
     Each seed runs the plain optimizer and the accelerated one back to back on the same seed, data
@@ -473,11 +479,11 @@ def bench(task: str, variant: str, params: tuple[str, ...], optimizers: tuple[st
     from koopsweep.bench import BenchSettings, run_bench
 
     settings = BenchSettings(
-        task=task, variant=variant, params=dict(_parse_param(p) for p in params),
-        optimizers=list(optimizers) or ["adam"], seeds=seeds, device=device, budget=budget,
+        task=task, variant=variant, params=dict(_parse_param(p) for p in params), optimizers=list(optimizers),
+        seeds=seeds, device=device, budget=budget, schedule=schedule, warmup=warmup,
     )  # fmt: skip
     with Progress(transient=True) as progress:
-        bar = progress.add_task(f"bench {task}", total=len(settings.optimizers) * seeds)
+        bar = progress.add_task(f"bench {task}", total=max(1, len(settings.optimizers)) * seeds)
         report = run_bench(settings, on_progress=lambda _: progress.advance(bar))
     if json_path:
         with open(json_path, "w", encoding="utf-8") as handle:
@@ -488,22 +494,34 @@ def bench(task: str, variant: str, params: tuple[str, ...], optimizers: tuple[st
 def _bench_table(report: dict):
     from rich.table import Table
 
-    from koopsweep.measure import format_speedup
-
     s = report["settings"]
-    table = Table(title=f"{s['task']}: {s['variant']} ({s['device_name']}, {s['seeds']} seeds, budget {s['budget']})")
-    table.add_column("optimizer", no_wrap=True, min_width=8)
-    for column in ("speedup (median)", "IQR", "reached", "in steps", "window-local", "accepted", "fit/step"):
-        table.add_column(column)
+    notes = [
+        "speedup: the baseline's time to its final loss / the accelerated run's, median over seeds; "
+        "<x: not reached by most seeds (x bounds it); window: the paper's window-local figure"
+    ]
+    if any(not row["lr_tuned"] for row in report["summary"].values()):
+        notes.append(f"* untuned: {s['task']} has no tuned rate for it, so its default_lr ran")
+    table = Table(
+        box=None,  # one space between columns and no rules: nine columns fit 80 characters
+        padding=(0, 1, 0, 0),
+        header_style="bold underline",
+        title=f"{s['task']}: {s['variant']} ({s['device_name']}, {s['seeds']} seeds, budget {s['budget']}, "
+        f"{s['schedule']} lr)",
+        caption="\n".join(notes),
+    )
+    for column in ("optimizer", "lr", "speedup", "IQR", "reached", "steps", "window", "accepted", "fit/step"):
+        table.add_column(column, no_wrap=True)
 
     def num(value, fmt="{:.2f}"):
         return "-" if value is None else fmt.format(value)
 
     for optimizer, row in report["summary"].items():
         reached = row["reached_fraction"]
+        speedup = row["median_speedup"]
         table.add_row(
-            optimizer,
-            format_speedup(row["median_speedup"], reached=reached >= 0.5),
+            optimizer + ("" if row["lr_tuned"] else "*"),
+            f"{row['lr']:g}",
+            num(speedup, "{:.2f}x" if reached >= 0.5 else "<{:.2f}x"),
             num(row["speedup_iqr"]),
             f"{reached:.0%}",
             num(row["median_step_speedup"], "{:.2f}x"),

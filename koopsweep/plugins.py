@@ -1,7 +1,7 @@
-"""The one loading path for variants, tasks and fallback rules: Python entry points.
+"""The one loading path for variants, tasks, fallback rules and optimizers: Python entry points.
 
 koopsweep's built-ins are declared in its own ``pyproject.toml`` under the same groups a third party
-uses (``koopsweep.variants``, ``koopsweep.tasks``, ``koopsweep.fallbacks``). Discovery only reads
+uses (``koopsweep.variants``, ``koopsweep.tasks``, ``koopsweep.fallbacks``, ``koopsweep.optimizers``). Discovery only reads
 installed metadata; a plugin's code is imported when it is asked for by name or when plugins are
 listed, and every loaded class is checked against its contract before anyone uses it.
 
@@ -31,8 +31,8 @@ _AUTOLOAD_ON = ("", "0", "false", "no", "off")
 RESERVED_PARAMETERS = frozenset(
     {
         "variant", "window", "horizon", "fallback", "fallback_params", "stride", "snapshot", "burn_in", "backoff",
-        "reset_state", "check_batches", "max_jump_ratio", "explode_ratio", "optimizer", "lr", "seed", "budget",
-        "device", "task", "time_cap",
+        "reset_state", "check_batches", "max_jump_ratio", "explode_ratio", "optimizer", "optimizer_params", "lr",
+        "seed", "budget", "device", "task", "time_cap", "schedule", "warmup",
     }
 )  # fmt: skip
 
@@ -56,6 +56,7 @@ GROUPS: dict[str, Group] = {
     "variants": Group("variants", "koopsweep.variants", "koopsweep.variants._base:Variant"),
     "tasks": Group("tasks", "koopsweep.tasks", "koopsweep.tasks._base:Task"),
     "fallbacks": Group("fallbacks", "koopsweep.fallbacks", "koopsweep.fallbacks._base:FallbackRule"),
+    "optimizers": Group("optimizers", "koopsweep.optimizers", "koopsweep.optimizers._base:OptimizerPlugin"),
 }
 
 
@@ -226,6 +227,11 @@ def load_fallback(name: str) -> type:
     return load("fallbacks", name)
 
 
+def load_optimizer(name: str) -> type:
+    """The `koopsweep.OptimizerPlugin` subclass registered as ``name``."""
+    return load("optimizers", name)
+
+
 def validate(kind: str, cls: Any, *, where: str = "") -> None:
     """Check that ``cls`` fulfils the contract of group ``kind``; raise `PluginValidationError` if not."""
     from optuna.distributions import BaseDistribution
@@ -269,6 +275,10 @@ def validate(kind: str, cls: Any, *, where: str = "") -> None:
         ):
             fail(f"{cls.__name__}.baseline_lrs must map optimizer names to positive learning rates, got {lrs!r}")
     else:
+        if kind == "optimizers":
+            lr = getattr(cls, "default_lr", None)
+            if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or lr == float("inf"):
+                fail(f"{cls.__name__}.default_lr must be a positive learning rate, got {lr!r}")
         try:
             cls()
         except Exception as exc:

@@ -61,8 +61,11 @@ def log_trial(objective, trial, run_id: str, measurement) -> None:
         "budget": objective.budget,
         "seed": ",".join(map(str, spec.seeds)),  # the trial's seeds; a baseline run has one
         "variant": measurement.config.variant,
+        "schedule": objective.schedule.describe(),
         **measurement.config.flat_params(),
+        **{f"{spec.optimizer}.{k}": v for k, v in measurement.optimizer_params.items()},
         **{f"task.{k}": v for k, v in spec.task_params.items()},
+        **{f"task.data.{k}": v for k, v in objective.task.data_facts().items()},
         **environment,
     }
     summary = trial_summary(measurement, spec)
@@ -71,6 +74,7 @@ def log_trial(objective, trial, run_id: str, measurement) -> None:
     metrics["time_to_target_s"] = median([c.koopman_time_s for c in primary])
     metrics["final_loss"] = median([r.final_loss for r in measurement.koopman_runs])
     metrics["reached"] = float(all(c.reached for c in primary))
+    metrics.update(_median_metrics(measurement.koopman_runs))
     first = measurement.koopman_runs[0]
     # Few round trips: each run's params, metrics and curves go in one log_batch call where they fit.
     guarded("log the trial's params, metrics and curves", tracker.log_run, run_id,
@@ -88,9 +92,11 @@ def log_trial(objective, trial, run_id: str, measurement) -> None:
             continue
         guarded("log a baseline run", tracker.log_run, child,
                 params={"task": spec.task, "optimizer": baseline.optimizer, "lr": baseline.lr,
-                        "seed": baseline.seed, "budget": objective.budget, **environment},
+                        "seed": baseline.seed, "budget": objective.budget, "schedule": baseline.schedule,
+                        **{f"{baseline.optimizer}.{k}": v for k, v in baseline.optimizer_params.items()},
+                        **environment},
                 metrics={"final_loss": baseline.final_loss, "train_time_s": baseline.time_s,
-                         "seconds_per_step": baseline.seconds_per_step},
+                         "seconds_per_step": baseline.seconds_per_step, **_median_metrics([baseline])},
                 curves=run_curves(baseline))  # fmt: skip
         guarded("end a baseline run", tracker.finish, child, "FINISHED")
     same_seed = [r for r in measurement.baseline_runs if r.seed == first.seed]
@@ -108,6 +114,12 @@ def log_trial(objective, trial, run_id: str, measurement) -> None:
     finally:
         for fig in figures.values():
             plots.close(fig)
+
+
+def _median_metrics(runs) -> dict[str, float | None]:
+    """The task's end-of-run metrics (`Task.eval_metrics`), median over runs, as ``metric.<name>``."""
+    names = dict.fromkeys(name for run in runs for name in run.metrics)
+    return {f"metric.{name}": median([run.metrics.get(name) for run in runs]) for name in names}
 
 
 # ----------------------------------------------------------------------------------- study view
@@ -146,11 +158,13 @@ def study_summary(study, spec, top: int = 5) -> dict[str, Any]:
     per_variant: dict[str, Any] = {}
     for t in sorted(complete, key=lambda t: (t.values or [float("-inf")])[0], reverse=True):
         per_variant.setdefault(t.params.get("variant"), row(t))
+    untuned = sorted({name for t in trials for name in t.user_attrs.get("untuned_lrs", [])})
     return {
         "study": study.study_name,
         "task": spec.task,
         "optimizer": spec.optimizer,
         "baselines": spec.baselines,
+        "untuned_lrs": untuned,  # optimizers that ran at their plugin's default_lr (no tuned rate on the task)
         "objective": spec.objective,
         "directions": spec.directions,
         "trials_by_state": states,

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from koopsweep.errors import SpecError, redact
+from koopsweep.schedules import SCHEDULES
 
-OPTIMIZER_NAMES = ("adam", "adadelta", "sgd", "adagrad")
 SAMPLERS = ("tpe", "random", "gp", "nsga2")
 PRUNERS = ("median", "percentile", "hyperband", "threshold", "none")
 OBJECTIVES = ("speedup", "speedup-and-gap")
@@ -111,6 +111,11 @@ class StudySpec:
     # Pinned plugin parameters, by plugin name: the rest of a plugin's space is still searched.
     variant_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     fallback_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # An optimizer's pinned parameters hold for its baseline runs and, when it is the inner optimizer,
+    # there too; the inner optimizer's unpinned space is searched.
+    optimizer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    schedule: str | None = None  # None: the task's
+    warmup: int | None = None
     objective: str = "speedup"
     target: str = "final"
     cap_factor: float = 2.0
@@ -248,7 +253,7 @@ def _check_search_values(check: _Checker, search: dict[str, SearchField]) -> Non
 TOP_LEVEL = {
     "name", "description", "task", "task_params", "optimizer", "lr", "baselines", "budget", "seeds",
     "n_trials", "variants", "device", "search", "objective", "target", "cap_factor", "sampler", "pruner",
-    "storage", "tracking_uri", "variant_params", "fallback_params",
+    "storage", "tracking_uri", "variant_params", "fallback_params", "optimizer_params", "schedule", "warmup",
 }  # fmt: skip
 
 
@@ -280,7 +285,10 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
         check.fail("name", f"{name!r} is not a usable study name (non-empty, no slashes, at most 200 characters)")
     task = check.typed(data, "task", str, None, "a task name")
     task_params = check.typed(data, "task_params", dict, {}, "a table of task parameters")
-    optimizer = check.choice(data, "optimizer", OPTIMIZER_NAMES, "adam")
+    installed = _installed_optimizers()
+    optimizer = check.typed(data, "optimizer", str, "adam", "an optimizer name")
+    if optimizer not in installed:
+        check.fail("optimizer", f"{optimizer!r} is not an installed optimizer; installed: {', '.join(installed)}")
     lr = check.typed(data, "lr", (int, float), None, "a positive number")
     check.finite("lr", lr)
     if lr is not None and lr <= 0:
@@ -289,8 +297,8 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
     if not baselines:
         check.fail("baselines", "needs at least one baseline optimizer")
     for b in baselines:
-        if b not in OPTIMIZER_NAMES:
-            check.fail("baselines", f"{b!r} is not one of {', '.join(OPTIMIZER_NAMES)}")
+        if b not in installed:
+            check.fail("baselines", f"{b!r} is not an installed optimizer; installed: {', '.join(installed)}")
     if len(set(baselines)) != len(baselines):
         check.fail("baselines", f"lists a baseline twice: {baselines!r}")
     budget = check.typed(data, "budget", int, None, "a positive integer (gradient steps)")
@@ -316,6 +324,13 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
     _check_search_values(check, search)
     variant_params = _pinned(check, data, "variant_params")
     fallback_params = _pinned(check, data, "fallback_params")
+    optimizer_params = _pinned(check, data, "optimizer_params")
+    schedule = check.typed(data, "schedule", str, None, "constant or cosine")
+    if schedule is not None and schedule not in SCHEDULES:
+        check.fail("schedule", f"{schedule!r} is not one of {', '.join(SCHEDULES)}")
+    warmup = check.typed(data, "warmup", int, None, "an integer >= 0 (gradient steps)")
+    if warmup is not None and warmup < 0:
+        check.fail("warmup", f"must be at least 0, got {warmup!r}")
     objective = check.choice(data, "objective", OBJECTIVES, "speedup")
     target = check.choice(data, "target", TARGETS, "final")
     cap_factor = check.typed(data, "cap_factor", (int, float), 2.0, "a number >= 1")
@@ -347,10 +362,18 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
         description=check.typed(data, "description", str, "", "a string"),
         optimizer=optimizer, lr=lr, baselines=list(baselines), budget=budget, seeds=list(seeds),
         n_trials=n_trials, variants=variants, device=device, search=search, variant_params=variant_params,
-        fallback_params=fallback_params, objective=objective,
+        fallback_params=fallback_params, optimizer_params=optimizer_params, schedule=schedule, warmup=warmup,
+        objective=objective,
         target=target, cap_factor=float(cap_factor), sampler=sampler, pruner=pruner, storage=storage,
         tracking_uri=tracking_uri,
     )  # fmt: skip
+
+
+def _installed_optimizers() -> list[str]:
+    """Registered optimizer names (entry-point metadata only: nothing is imported)."""
+    from koopsweep import plugins
+
+    return plugins.available("optimizers")
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -379,7 +402,7 @@ def spec_from_json(text: str, source: str) -> StudySpec:
 
 
 def check_plugins(spec: StudySpec) -> None:
-    """Check that the task, variants and fallback rules the spec names are installed and load."""
+    """Check that the task, variants, fallback rules and optimizers the spec names are installed and load."""
     from koopsweep import plugins
     from koopsweep.errors import ParameterError
 
@@ -395,6 +418,8 @@ def check_plugins(spec: StudySpec) -> None:
         plugins.load_task(spec.task)(**spec.task_params)
     except ParameterError as exc:
         raise SpecError(f"{spec.name}: field 'task_params': {exc}") from None
+    for name in dict.fromkeys([spec.optimizer, *spec.baselines]):
+        plugins.load_optimizer(name)  # a broken plugin fails here, in one line naming its entry point
     for v in spec.variants or []:
         known("variants", v, "variants")
     for rule in spec.search["fallback"].values():
@@ -402,6 +427,7 @@ def check_plugins(spec: StudySpec) -> None:
     for kind, pinned, offered in (
         ("variants", spec.variant_params, spec.variants),
         ("fallbacks", spec.fallback_params, spec.search["fallback"].values()),
+        ("optimizers", spec.optimizer_params, [spec.optimizer, *spec.baselines]),
     ):
         key = f"{kind[:-1]}_params"
         for name, values in pinned.items():
@@ -410,7 +436,7 @@ def check_plugins(spec: StudySpec) -> None:
                 raise SpecError(
                     f"{spec.name}: field '{key}.{name}': the study never uses {name!r} ({', '.join(offered)})"
                 )
-            cls = plugins.load_variant(name) if kind == "variants" else plugins.load_fallback(name)
+            cls = plugins.load(kind, name)
             unknown = sorted(set(values) - set(cls.defaults))
             if unknown:
                 raise SpecError(

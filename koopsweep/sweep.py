@@ -355,12 +355,19 @@ def suggest_config(trial: optuna.Trial, spec: StudySpec, variants: list[str]):
     return config
 
 
+def suggest_optimizer_params(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """The inner optimizer's parameters: those the spec pins, the rest of its space sampled as
+    ``<optimizer>.<param>`` (the baselines always run with the pinned values and the defaults)."""
+    return _plugin_params(trial, spec.optimizer, plugins.load_optimizer(spec.optimizer), spec.optimizer_params)
+
+
 # ------------------------------------------------------------------------------------ objective
 @dataclass
 class TrialMeasurement:
     """What one trial measured, over all its seeds."""
 
     config: Any  # KoopmanConfig
+    optimizer_params: dict[str, Any]  # the inner optimizer's
     comparisons: list[Any]  # measure.Comparison, one per seed and baseline
     koopman_runs: list[Any]  # training.RunResult, one per seed
     baseline_runs: list[Any]
@@ -374,11 +381,13 @@ class Objective:
 
     def __init__(self, spec: StudySpec, device, tracker: Tracker | None, parent_run_id: str | None) -> None:
         from koopsweep.devices import device_label
+        from koopsweep.training import task_schedule
 
         self.spec = spec
         self.device = device
         self.task = plugins.load_task(spec.task)(**spec.task_params)
         self.budget = spec.budget or type(self.task).default_budget
+        self.schedule = task_schedule(self.task, self.budget, spec.schedule, spec.warmup)
         self.variants = variant_names(spec)
         if not self.variants:
             raise UsageError(f"{spec.name}: no usable variant is installed (see 'koopsweep plugins list')")
@@ -387,10 +396,17 @@ class Objective:
         self.device_name = device_label(device)
 
     def lr(self, optimizer: str) -> float:
-        lrs = type(self.task).baseline_lrs
-        if optimizer not in lrs:
-            raise UsageError(f"task {self.spec.task!r} has no tuned learning rate for {optimizer!r}; it has {', '.join(lrs)}")
-        return float(lrs[optimizer])
+        """The task's tuned rate for ``optimizer``, else its plugin's default (see `untuned`)."""
+        from koopsweep.training import learning_rate
+
+        return learning_rate(self.task, optimizer)[0]
+
+    def untuned(self) -> list[str]:
+        """The study's optimizers without a tuned rate on its task (they run at their default_lr)."""
+        from koopsweep.training import learning_rate
+
+        names = dict.fromkeys([*self.spec.baselines] + ([] if self.spec.lr else [self.spec.optimizer]))
+        return [name for name in names if not learning_rate(self.task, name)[1]]
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         from koopsweep import reporting
@@ -398,7 +414,11 @@ class Objective:
         # Which process ran it: a trial that is later failed as stale names its dead worker.
         trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
         config = suggest_config(trial, self.spec, self.variants)
+        optimizer_params = suggest_optimizer_params(trial, self.spec)
         trial.set_user_attr("config", config.flat_params())
+        untuned = self.untuned()
+        if untuned:
+            trial.set_user_attr("untuned_lrs", untuned)
         trial_run = None
         if self.tracker and self.parent_run_id:
             trial_run = self.tracker.guarded(
@@ -413,7 +433,7 @@ class Objective:
                 trial.set_user_attr("mlflow_run_id", trial_run)
         status = "FAILED"
         try:
-            measurement = self.measure(trial, config)
+            measurement = self.measure(trial, config, optimizer_params)
             values = self.objective_values(measurement)
             for key, value in reporting.trial_summary(measurement, self.spec).items():
                 trial.set_user_attr(key, value)
@@ -431,7 +451,7 @@ class Objective:
             if trial_run:
                 self.tracker.guarded("end the trial's run", self.tracker.finish, trial_run, status)
 
-    def measure(self, trial: optuna.Trial, config) -> TrialMeasurement:
+    def measure(self, trial: optuna.Trial, config, optimizer_params: dict[str, Any]) -> TrialMeasurement:
         from koopsweep.measure import compare, first_reaching, target_loss
         from koopsweep.training import train
 
@@ -440,7 +460,10 @@ class Objective:
         max_steps = int(math.ceil(spec.cap_factor * self.budget))
         for index, seed in enumerate(spec.seeds):
             baselines = {
-                name: train(self.task, optimizer=name, lr=self.lr(name), seed=seed, device=self.device, max_steps=self.budget)
+                name: train(
+                    self.task, optimizer=name, lr=self.lr(name), seed=seed, device=self.device, max_steps=self.budget,
+                    optimizer_params=spec.optimizer_params.get(name), schedule=self.schedule,
+                )  # fmt: skip
                 for name in spec.baselines
             }
             for name, run in baselines.items():
@@ -471,6 +494,8 @@ class Objective:
                 stop_below=min(targets.values()),
                 max_time_s=spec.cap_factor * max(run.time_s for run in baselines.values()),
                 on_checkpoint=report,
+                optimizer_params=optimizer_params,
+                schedule=self.schedule,
             )
             baseline_runs += list(baselines.values())
             koopman_runs.append(koopman)
@@ -482,7 +507,7 @@ class Objective:
                     f"rejections: {(koopman.stats or {}).get('rejections')}"
                 )
             comparisons += [compare(run, koopman, target=spec.target) for run in baselines.values()]
-        return TrialMeasurement(config, comparisons, koopman_runs, baseline_runs)
+        return TrialMeasurement(config, optimizer_params, comparisons, koopman_runs, baseline_runs)
 
     def objective_values(self, measurement: TrialMeasurement) -> float | tuple[float, float]:
         from koopsweep.measure import median

@@ -9,35 +9,49 @@ the accelerator does (snapshot copies, fits, verification losses, state resets) 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from koopsweep.devices import Stopwatch
-from koopsweep.errors import UsageError
+from koopsweep.optimizers._base import OptimizerPlugin
+from koopsweep.schedules import Schedule
 from koopsweep.tasks._base import Task
 
 #: The check batches' stream is ``task.batches(seed + this)``: a fixed sample of the training data,
 #: in an order unrelated to the training stream's.
 CHECK_STREAM_SEED_OFFSET = 1_000_003
 
-#: The baseline optimizers, by name. SGD uses momentum 0.9, the usual tuned-SGD baseline.
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
-    "adadelta": lambda params, lr: torch.optim.Adadelta(params, lr=lr),
-    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
-    "adagrad": lambda params, lr: torch.optim.Adagrad(params, lr=lr),
-}
+def build_optimizer(
+    name: str, params: Any, lr: float, optimizer_params: Mapping[str, Any] | None = None
+) -> tuple[OptimizerPlugin, torch.optim.Optimizer]:
+    """The optimizer plugin registered as ``name``, built with ``optimizer_params``, and a fresh optimizer
+    from it over ``params`` at ``lr``."""
+    from koopsweep import plugins
+
+    plugin = plugins.load_optimizer(name)(**dict(optimizer_params or {}))
+    return plugin, plugin.build(params, lr)
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    try:
-        factory = OPTIMIZERS[name]
-    except KeyError:
-        raise UsageError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}") from None
-    return factory(params, lr)
+def learning_rate(task: Task | type[Task], optimizer: str) -> tuple[float, bool]:
+    """The rate ``optimizer`` runs at on ``task``, and whether it is tuned: the task's ``baseline_lrs``
+    entry, else the plugin's ``default_lr`` (untuned; tables mark it)."""
+    from koopsweep import plugins
+
+    tuned = type(task).baseline_lrs if isinstance(task, Task) else task.baseline_lrs
+    if optimizer in tuned:
+        return float(tuned[optimizer]), True
+    return float(plugins.load_optimizer(optimizer).default_lr), False
+
+
+def task_schedule(
+    task: Task | type[Task], budget: int, kind: str | None = None, warmup: int | None = None
+) -> Schedule:
+    """The schedule of a run of ``budget`` steps: the task's kind and warm-up unless given."""
+    cls = type(task) if isinstance(task, Task) else task
+    return Schedule(kind or cls.schedule, cls.warmup if warmup is None else warmup, budget)
 
 
 @dataclass
@@ -109,6 +123,10 @@ class RunResult:
     stopped: str  # "budget", "target", "time-cap" or "diverged"
     stats: dict[str, Any] | None = None  # the accelerator's final stats
     eigenvalues: list[complex] | None = None  # of the last fit, for plots
+    optimizer_params: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "constant"  # Schedule.describe() of what drove the rate
+    #: ``Task.eval_metrics`` at the end of the run (at the weights the optimizer is judged at).
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -158,17 +176,22 @@ class TrainingRun:
         koopman: KoopmanConfig | None = None,
         eval_every: int,
         on_checkpoint: CheckpointHook | None = None,
+        optimizer_params: Mapping[str, Any] | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self.task, self.optimizer_name, self.lr, self.seed = task, optimizer, lr, seed
         self.device, self.koopman, self.eval_every, self.on_checkpoint = device, koopman, eval_every, on_checkpoint
+        self.optimizer_params = dict(optimizer_params or {})
         task.prepare(device)
         self.model = task.build_model(seed).to(device)
-        inner = make_optimizer(optimizer, self.model.parameters(), lr)
-        self.stepper: Any = inner
+        self.plugin, self.optimizer = build_optimizer(optimizer, self.model.parameters(), lr, self.optimizer_params)
+        self.schedule = (schedule or Schedule()).for_optimizer(self.plugin.schedule_free)
+        self.scheduler = self.schedule.attach(self.optimizer)
+        self.stepper: Any = self.optimizer
         if koopman is not None:
             from koopsweep.accelerator import KoopmanAccelerator
 
-            self.stepper = KoopmanAccelerator(inner, **koopman.accelerator_kwargs())
+            self.stepper = KoopmanAccelerator(self.optimizer, **koopman.accelerator_kwargs())
         self.batches = task.batches(seed, device)
         self._next_batch = next(self.batches)  # generators start lazily: set the stream up now
         self.check_batches: list[Any] = []
@@ -182,9 +205,11 @@ class TrainingRun:
         self._evaluate()
 
     def _evaluate(self) -> Checkpoint:
-        """Evaluate with the clock stopped and record a checkpoint."""
+        """Evaluate with the clock stopped, at the weights the optimizer is judged at, and record a checkpoint."""
         elapsed = self.clock.pause()
-        point = Checkpoint(self.steps, elapsed, self.task.eval_loss(self.model, self.device))
+        with self.plugin.evaluation(self.optimizer):
+            loss = self.task.eval_loss(self.model, self.device)
+        point = Checkpoint(self.steps, elapsed, loss)
         if self.koopman is not None:
             stats = self.stepper.stats
             point.jumps_tried, point.jumps_accepted = stats.jumps_tried, stats.jumps_accepted
@@ -237,6 +262,8 @@ class TrainingRun:
                 return loss
 
             stepper.step(closure, **judge)
+            if self.scheduler is not None:
+                self.scheduler.step()
             self.steps += 1
             if self.steps % self.eval_every == 0 or self.steps == max_steps:
                 self._evaluate()
@@ -255,9 +282,14 @@ class TrainingRun:
         return total / len(self.check_batches)
 
     def result(self) -> RunResult:
+        """The run so far, with the task's end-of-run metrics (measured with the clock stopped)."""
+        with self.plugin.evaluation(self.optimizer):
+            metrics = self.task.eval_metrics(self.model, self.device)
         result = RunResult(
-            self.optimizer_name, self.lr, self.seed, str(self.device), self.koopman, self.curve, self.stopped
-        )
+            self.optimizer_name, self.lr, self.seed, str(self.device), self.koopman, self.curve, self.stopped,
+            optimizer_params=dict(self.optimizer_params), schedule=self.schedule.describe(),
+            metrics={k: float(v) for k, v in metrics.items()},
+        )  # fmt: skip
         if self.koopman is not None:
             result.stats = self.stepper.stats.to_dict()
             eigs = self.stepper.stats.last_eigenvalues
@@ -280,11 +312,14 @@ def train(
     min_steps: int = 0,
     max_time_s: float | None = None,
     on_checkpoint: CheckpointHook | None = None,
+    optimizer_params: Mapping[str, Any] | None = None,
+    schedule: Schedule | None = None,
 ) -> RunResult:
     """Train ``task`` for up to ``max_steps`` inner optimizer steps in one segment (see `TrainingRun`)."""
     run = TrainingRun(
         task, optimizer=optimizer, lr=lr, seed=seed, device=device, koopman=koopman,
         eval_every=eval_every or task.checkpoint_interval(max_steps), on_checkpoint=on_checkpoint,
+        optimizer_params=optimizer_params, schedule=schedule,
     )  # fmt: skip
     run.advance(max_steps, stop_below=stop_below, min_steps=min_steps, max_time_s=max_time_s)
     return run.result()

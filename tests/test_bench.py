@@ -76,22 +76,27 @@ def test_check_batches_judge_jumps_on_a_fixed_sample_of_the_training_stream():
     stats = run.stepper.stats
     assert stats.jumps_tried == 9 and stats.evaluations == 2 * stats.jumps_tried  # before and at each jump
     assert [p.loss for p in run.curve] == [p.loss for p in runs[1].curve]
-    assert split_params("dmd-global", {"check_batches": 3})[0].check_batches == 3
-    assert split_params("dmd-global", {"backoff": 2})[0].accelerator_kwargs()["backoff"] == 2
+    assert split_params("dmd-global", {"check_batches": 3}).koopman.check_batches == 3
+    assert split_params("dmd-global", {"backoff": 2}).koopman.accelerator_kwargs()["backoff"] == 2
     assert "check_batches" not in config.accelerator_kwargs() and config.flat_params()["check_batches"] == 3
 
 
 def test_param_sorting_and_errors():
-    config, task_params = split_params("dmd-global", {"window": 8, "rank": 3, "task.hidden": 16, "verify.tol": 0.1})
+    split = split_params(
+        "dmd-global", {"window": 8, "rank": 3, "task.hidden": 16, "verify.tol": 0.1, "lookahead-adam.k": 7},
+        optimizers=["adam", "lookahead-adam"],
+    )  # fmt: skip
+    config = split.koopman
     assert config.window == 8 and config.variant_params == {"rank": 3}
-    assert config.fallback_params == {"tol": 0.1} and task_params == {"hidden": 16}
-    config, _ = split_params("dmd-global", {"stride": 4, "snapshot": "mean"})
+    assert config.fallback_params == {"tol": 0.1} and split.task == {"hidden": 16}
+    assert split.optimizers == {"adam": {}, "lookahead-adam": {"k": 7}}
+    config = split_params("dmd-global", {"stride": 4, "snapshot": "mean"}).koopman
     assert config.accelerator_kwargs()["snapshot"] == "mean" and config.flat_params()["snapshot"] == "mean"
     with pytest.raises(UsageError, match="not a parameter of variant"):
         split_params("dmd-global", {"bogus": 1})
-    with pytest.raises(UsageError, match="fallback rule is 'verify'"):
+    with pytest.raises(UsageError, match="neither the fallback rule nor an optimizer here"):
         split_params("dmd-global", {"backtrack.tol": 0.1})
-    with pytest.raises(UsageError, match="unknown optimizer"):
+    with pytest.raises(UsageError, match="no optimizer named 'lbfgs'.*available optimizers: adadelta"):
         run_bench(BenchSettings(task="digits-mlp", optimizers=["lbfgs"], seeds=1))
 
 

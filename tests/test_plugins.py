@@ -311,8 +311,8 @@ def test_unknown_name_lists_the_available_ones():
     assert "'no-such-variant'" in message
     for name in plugins.available("variants"):
         assert name in message
-    with pytest.raises(PluginNotFoundError, match="the groups are variants, tasks, fallbacks"):
-        plugins.available("optimizers")
+    with pytest.raises(PluginNotFoundError, match="the groups are variants, tasks, fallbacks, optimizers"):
+        plugins.available("schedulers")
 
 
 def test_disable_autoload_hides_third_party_plugins(install, monkeypatch):
@@ -389,7 +389,7 @@ def test_json_rows_have_the_documented_keys():
     assert rows
     for row in rows:
         assert {"group", "name", "distribution", "version", "status", "error", "search_space"} <= set(row)
-        assert row["group"] in ("variants", "tasks", "fallbacks") and row["status"] in ("ok", "broken")
+        assert row["group"] in ("variants", "tasks", "fallbacks", "optimizers") and row["status"] in ("ok", "broken")
         assert (row["error"] is None) == (row["status"] == "ok")
     for kind in plugins.GROUPS:
         assert set(builtin_names(kind)) <= {r["name"] for r in rows if r["group"] == kind}

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from koopsweep import plugins
 from koopsweep.cli import main
-from koopsweep.testing import check_task, check_variant, write_distribution
+from koopsweep.testing import check_optimizer, check_task, check_variant, write_distribution
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- plugin-example:start -->", "<!-- plugin-example:end -->"
@@ -45,13 +45,13 @@ def example(tmp_path, monkeypatch):
     yield project, tmp_path
     for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "") or "").startswith(str(tmp_path))]:
         del sys.modules[name]
-    for key in [k for k in plugins._loaded if k[1].split(":")[0] in {"scaled_step", "line_fit"}]:
+    for key in [k for k in plugins._loaded if k[1].split(":")[0] in {"scaled_step", "line_fit", "heavy_ball"}]:
         del plugins._loaded[key]
 
 
 def test_readme_shows_every_file_of_the_example():
     files = readme_files()
-    assert set(files) == {"pyproject.toml", "scaled_step.py", "line_fit.py", "tests/test_conformance.py"}
+    assert set(files) == {"pyproject.toml", "scaled_step.py", "line_fit.py", "heavy_ball.py", "tests/test_conformance.py"}
     project = tomllib.loads(files["pyproject.toml"])
     modules = {path.removesuffix(".py") for path in files if path.endswith(".py") and "/" not in path}
     # The pyproject's modules are the ones shown, and its entry points point into them.
@@ -67,6 +67,7 @@ def test_example_loads_and_passes_the_conformance_suite(example):
     assert (variant_cls.__name__, task_cls.__name__) == ("ScaledStep", "LineFit")
     check_variant(variant_cls)
     check_task(task_cls, n_points=128)
+    check_optimizer(plugins.load_optimizer("heavy-ball"))
 
 
 def test_example_tests_pass(example):
@@ -86,7 +87,7 @@ def test_example_tests_pass(example):
                     ran += 1
                 except pytest.skip.Exception:
                     skipped += 1
-    assert ran >= 8 and skipped == 1  # ScaledStep does not claim exactness: that one test skips
+    assert ran >= 16 and skipped == 1  # ScaledStep does not claim exactness: that one test skips
 
 
 def test_example_shows_up_in_plugins_list(example):
@@ -94,9 +95,37 @@ def test_example_shows_up_in_plugins_list(example):
     result = CliRunner().invoke(main, ["plugins", "list", "--json"])
     assert result.exit_code == 0, result.output
     rows = {(row["group"], row["name"]): row for row in json.loads(result.output)}
-    for key in (("variants", "scaled-step"), ("tasks", "line-fit")):
+    for key in (("variants", "scaled-step"), ("tasks", "line-fit"), ("optimizers", "heavy-ball")):
         row = rows[key]
         assert (row["distribution"], row["version"], row["status"], row["error"]) == (
             project["name"], project["version"], "ok", None
         )
     assert set(rows["variants", "scaled-step"]["search_space"]) == {"scale"}
+    assert set(rows["optimizers", "heavy-ball"]["search_space"]) == {"momentum"}
+
+
+def test_example_optimizer_is_benchmarked_and_searched_like_a_built_in(example, workdir):
+    """The third-party optimizer as baseline and inner optimizer in `bench`, and in a study, whose trials
+    search its momentum for the inner optimizer while its baseline runs at the default."""
+    from koopsweep.bench import BenchSettings, run_bench
+
+    report = run_bench(BenchSettings(task="line-fit", variant="scaled-step", optimizers=["heavy-ball"], seeds=1,
+                                     budget=40, params={"window": 4, "horizon": 8, "heavy-ball.momentum": 0.8}))
+    rates = report["settings"]["learning_rates"]["heavy-ball"]
+    assert rates == {"lr": 0.01, "tuned": False, "params": {"momentum": 0.8}}  # the plugin's default_lr
+    assert report["summary"]["heavy-ball"]["median_speedup"] is not None
+    spec = workdir / "heavy.toml"
+    spec.write_text(
+        'name = "heavy"\ntask = "line-fit"\noptimizer = "heavy-ball"\nbaselines = ["heavy-ball", "adam"]\n'
+        'budget = 40\nn_trials = 2\nvariants = ["scaled-step"]\ndevice = "cpu"\n'
+        '[search]\nwindow = 4\nhorizon = 8\n[sampler]\nname = "random"\nseed = 0\n'
+    )
+    result = CliRunner().invoke(main, ["study", "run", str(spec)])
+    assert result.exit_code == 0, result.output
+    import optuna
+
+    trials = optuna.load_study(study_name="heavy", storage="sqlite:///koopsweep.db").trials
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
+    momenta = [t.params["heavy-ball.momentum"] for t in trials]
+    assert all(0.5 <= m <= 0.99 for m in momenta) and momenta[0] != momenta[1]
+    assert all(t.user_attrs["untuned_lrs"] == ["heavy-ball"] for t in trials)

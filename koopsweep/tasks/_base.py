@@ -21,12 +21,21 @@ class Task(Configurable, abc.ABC):
 
     Class attributes:
         default_budget: gradient steps that a baseline runs for.
-        baseline_lrs: tuned learning rate per baseline optimizer, e.g. ``{"adam": 1e-3, "adadelta": 1.0}``.
+        baseline_lrs: tuned learning rate per optimizer plugin name, e.g. ``{"adam": 1e-3, "adadelta": 1.0}``;
+            an optimizer without one runs at its plugin's ``default_lr`` (and results say so).
+        default_optimizer: the optimizer a practitioner would train the task with; used where a
+            command or spec names none.
+        schedule: the learning-rate schedule of every run on the task unless a spec or ``bench`` says
+            otherwise: ``"constant"`` or ``"cosine"`` (see `koopsweep.schedules`), after ``warmup``
+            linear warm-up steps.
         eval_every: gradient steps between evaluation checkpoints (0: about 50 checkpoints per budget).
     """
 
     default_budget: ClassVar[int]
     baseline_lrs: ClassVar[dict[str, float]]
+    default_optimizer: ClassVar[str] = "adam"
+    schedule: ClassVar[str] = "constant"
+    warmup: ClassVar[int] = 0
     eval_every: ClassVar[int] = 0
 
     @abc.abstractmethod
@@ -44,6 +53,16 @@ class Task(Configurable, abc.ABC):
     @abc.abstractmethod
     def eval_loss(self, model: torch.nn.Module, device: torch.device) -> float:
         """The loss on a fixed evaluation set (the same for every seed), without gradients."""
+
+    def eval_metrics(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """Figures reported beside the evaluation loss at the end of a run (an accuracy, the error against
+        a reference solution), without gradients. Optional; never used for targets."""
+        return {}
+
+    def data_facts(self) -> dict[str, str]:
+        """What the task's data depends on beyond its parameters (e.g. the Python version whose standard
+        library is the corpus), recorded with every run. Optional."""
+        return {}
 
     def prepare(self, device: torch.device) -> None:
         """Load or generate the data and put it on ``device`` now. Optional: the training loop calls it

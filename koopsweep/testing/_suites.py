@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from koopsweep.testing import optimizer_conformance as oc
 from koopsweep.testing import task_conformance as tc
 from koopsweep.testing import variant_conformance as vc
 
@@ -91,3 +92,40 @@ class TaskConformance:
 
     def test_eval(self) -> None:
         tc.check_task_eval(self._task(), self.device, **self.task_params)
+
+
+class OptimizerConformance:
+    """Conformance tests for the `OptimizerPlugin` in ``optimizer_cls``, built with ``params`` on ``device``."""
+
+    optimizer_cls: ClassVar[type]
+    params: ClassVar[Mapping[str, Any]] = {}
+    device: ClassVar[str] = "cpu"
+
+    def _optimizer(self) -> type:
+        cls = getattr(self, "optimizer_cls", None)
+        assert cls is not None, f"{type(self).__name__} must set optimizer_cls = <your OptimizerPlugin subclass>"
+        return cls
+
+    def test_contract(self) -> None:
+        oc.check_optimizer_contract(self._optimizer(), params=self.params)
+
+    def test_search_space(self) -> None:
+        oc.check_optimizer_search_space(self._optimizer(), self.device)
+
+    def test_build(self) -> None:
+        oc.check_optimizer_build(self._optimizer(), self.device, params=self.params)
+
+    def test_determinism(self) -> None:
+        oc.check_optimizer_determinism(self._optimizer(), self.device, params=self.params)
+
+    def test_evaluation(self) -> None:
+        oc.check_optimizer_evaluation(self._optimizer(), self.device, params=self.params)
+
+    def test_state_dict(self) -> None:
+        oc.check_optimizer_state_dict(self._optimizer(), self.device, params=self.params)
+
+    def test_schedule(self) -> None:
+        oc.check_optimizer_schedule(self._optimizer(), self.device, params=self.params)
+
+    def test_accelerated(self) -> None:
+        oc.check_optimizer_accelerated(self._optimizer(), self.device, params=self.params)
