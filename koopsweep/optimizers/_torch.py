@@ -65,10 +65,14 @@ class TorchOptimizer(OptimizerPlugin):
     def validate_params(self) -> None:
         check_params(self)
 
+    def torch_params(self) -> dict[str, Any]:
+        """The parameters that go to the ``torch.optim`` class (a subclass adding its own keeps them out)."""
+        return self.params
+
     def build(self, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
         import torch
 
-        return getattr(torch.optim, self.torch_class)(params, lr=lr, **torch_kwargs(self.params))
+        return getattr(torch.optim, self.torch_class)(params, lr=lr, **torch_kwargs(self.torch_params()))
 
 
 class Adam(TorchOptimizer):

@@ -35,7 +35,48 @@ def _params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-class SlowWeights:
+def _copy_into(destination: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        torch._foreach_copy_(destination, [t.to(d.device, d.dtype) for t, d in zip(saved, destination, strict=True)])
+
+
+class Attachment:
+    """Behaviour attached to an inner optimizer by its hooks: `after_step` runs after every step, and the
+    tensors `state` returns travel in the optimizer's ``state_dict()`` under `STATE_KEY` (`restore` puts
+    them back on ``load_state_dict``). The attachment is found again with `attached`."""
+
+    STATE_KEY: str
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.params = _params_of(optimizer)
+        optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step())
+        optimizer.register_state_dict_post_hook(self._save)
+        optimizer.register_load_state_dict_pre_hook(self._load)
+        _ATTACHED[optimizer] = self
+
+    def after_step(self) -> None:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _save(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict[self.STATE_KEY] = self.state()
+        return state_dict
+
+    def _load(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict = dict(state_dict)  # torch's own loader must not see our key
+        saved = state_dict.pop(self.STATE_KEY, None)
+        if saved is None:
+            raise ValueError(f"the optimizer state has no {self.STATE_KEY!r}: it was not saved by this optimizer")
+        self.restore(saved)
+        return state_dict
+
+
+class SlowWeights(Attachment):
     """The outer loop of Lookahead and SNOO, attached to an inner optimizer.
 
     Every ``k`` inner steps: the pseudo-gradient ``slow - fast`` goes to an outer ``torch.optim.SGD``
@@ -47,8 +88,8 @@ class SlowWeights:
     STATE_KEY = "koopsweep.slow_weights"
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, k: int, lr: float, momentum: float) -> None:
+        super().__init__(optimizer)
         self.k = k
-        self.params = _params_of(optimizer)
         with torch.no_grad():
             self.slow = [p.detach().clone() for p in self.params]
             # The pseudo-gradient lives in the slow weights' .grad, allocated once.
@@ -57,11 +98,8 @@ class SlowWeights:
         self.outer = torch.optim.SGD(self.slow, lr=lr, momentum=momentum, nesterov=momentum > 0)
         self.inner_steps = 0
         self.syncs = 0
-        optimizer.register_step_post_hook(self._after_step)
-        optimizer.register_state_dict_post_hook(self._save)
-        optimizer.register_load_state_dict_pre_hook(self._load)
 
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def after_step(self) -> None:
         self.inner_steps += 1
         if self.inner_steps % self.k == 0:
             self.sync()
@@ -76,28 +114,17 @@ class SlowWeights:
         torch._foreach_copy_(self.params, self.slow)
         self.syncs += 1
 
-    def _save(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
-        state_dict[self.STATE_KEY] = {
-            "inner_steps": self.inner_steps,
-            "syncs": self.syncs,
-            "slow": [s.detach().clone() for s in self.slow],
-            "outer": self.outer.state_dict(),
-        }
-        return state_dict
+    def state(self) -> dict[str, Any]:
+        slow = [s.detach().clone() for s in self.slow]
+        return {"inner_steps": self.inner_steps, "syncs": self.syncs, "slow": slow, "outer": self.outer.state_dict()}
 
-    def _load(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
-        state_dict = dict(state_dict)
-        saved = state_dict.pop(self.STATE_KEY, None)
-        if saved is None:
-            raise ValueError(f"the optimizer state has no {self.STATE_KEY!r}: it was not saved by this optimizer")
-        with torch.no_grad():
-            torch._foreach_copy_(self.slow, [t.to(s.device, s.dtype) for t, s in zip(saved["slow"], self.slow)])
+    def restore(self, saved: dict[str, Any]) -> None:
+        _copy_into(self.slow, saved["slow"])
         self.outer.load_state_dict(saved["outer"])
         self.inner_steps, self.syncs = int(saved["inner_steps"]), int(saved["syncs"])
-        return state_dict
 
 
-class WeightAverage:
+class WeightAverage(Attachment):
     """An exponential moving average of the weights after every inner step, debiased: after ``t`` steps
     the average is ``sum_i (1 - d) d^(t-i) w_i / (1 - d^t)``, a proper weighted mean of the iterates."""
 
@@ -106,17 +133,14 @@ class WeightAverage:
     def __init__(self, optimizer: torch.optim.Optimizer, *, decay: float) -> None:
         from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+        super().__init__(optimizer)
         self.decay = decay
-        self.params = _params_of(optimizer)
         with torch.no_grad():
             self.raw = [torch.zeros_like(p) for p in self.params]  # the un-debiased EMA, starting at 0
         self._update = get_ema_multi_avg_fn(decay)
         self.steps = 0
-        optimizer.register_step_post_hook(self._after_step)
-        optimizer.register_state_dict_post_hook(self._save)
-        optimizer.register_load_state_dict_pre_hook(self._load)
 
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def after_step(self) -> None:
         self._update(self.raw, self.params, self.steps)
         self.steps += 1
 
@@ -127,24 +151,17 @@ class WeightAverage:
             return [p.detach().clone() for p in self.params]
         return torch._foreach_div(self.raw, 1.0 - self.decay**self.steps)
 
-    def _save(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
-        state_dict[self.STATE_KEY] = {"steps": self.steps, "raw": [r.detach().clone() for r in self.raw]}
-        return state_dict
+    def state(self) -> dict[str, Any]:
+        return {"steps": self.steps, "raw": [r.detach().clone() for r in self.raw]}
 
-    def _load(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
-        state_dict = dict(state_dict)
-        saved = state_dict.pop(self.STATE_KEY, None)
-        if saved is None:
-            raise ValueError(f"the optimizer state has no {self.STATE_KEY!r}: it was not saved by this optimizer")
-        with torch.no_grad():
-            torch._foreach_copy_(self.raw, [t.to(r.device, r.dtype) for t, r in zip(saved["raw"], self.raw)])
+    def restore(self, saved: dict[str, Any]) -> None:
+        _copy_into(self.raw, saved["raw"])
         self.steps = int(saved["steps"])
-        return state_dict
 
 
-#: The hooks attached to each optimizer these plugins built, found again by `evaluation` and by
-#: whoever wants the slow weights (weakly keyed: an optimizer's hooks die with it).
-_ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Any] = weakref.WeakKeyDictionary()
+#: The attachment of each optimizer these plugins built, found again by `evaluation` and by whoever
+#: wants the slow weights (weakly keyed: an optimizer's attachment dies with it).
+_ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Attachment] = weakref.WeakKeyDictionary()
 
 
 def slow_weights(optimizer: torch.optim.Optimizer) -> SlowWeights | None:
@@ -185,7 +202,14 @@ def _check_k(plugin: OptimizerPlugin) -> None:
     require(isinstance(k, int) and not isinstance(k, bool) and k >= 1, plugin, "k", k, "an int >= 1 (inner steps per outer step)")
 
 
-class LookaheadAdam(Adam):
+class _AroundAdam(Adam):
+    """A torch Adam with Adam's own parameters, plus parameters of the trick attached to it."""
+
+    def torch_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params.items() if k in Adam.defaults}
+
+
+class LookaheadAdam(_AroundAdam):
     """Lookahead (Zhang et al. 2019) around Adam: every ``k`` Adam steps the slow weights move a fraction
     ``alpha`` of the way to the fast ones, and the fast weights restart from there. Judged at the fast
     weights (the model's), which equal the slow ones right after each synchronisation."""
@@ -204,12 +228,12 @@ class LookaheadAdam(Adam):
         _check_unit(self, "alpha", low_open=True, high_open=False)
 
     def build(self, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-        inner = Adam(**{k: v for k, v in self.params.items() if k in Adam.defaults}).build(params, lr)
-        _ATTACHED[inner] = SlowWeights(inner, k=self.params["k"], lr=self.params["alpha"], momentum=0.0)
+        inner = super().build(params, lr)
+        SlowWeights(inner, k=self.params["k"], lr=self.params["alpha"], momentum=0.0)
         return inner
 
 
-class SNOOAdam(Adam):
+class SNOOAdam(_AroundAdam):
     """SNOO (Kallusky et al. 2025) around Adam: Lookahead whose outer step is Nesterov momentum on the
     slow-weight displacement ``slow - fast`` over ``k`` Adam steps (outer rate ``outer_lr``, momentum
     ``momentum``). With momentum 0 it is Lookahead with ``alpha = outer_lr``."""
@@ -235,13 +259,13 @@ class SNOOAdam(Adam):
         _check_unit(self, "momentum", low_open=False, high_open=True)
 
     def build(self, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-        inner = Adam(**{k: v for k, v in self.params.items() if k in Adam.defaults}).build(params, lr)
+        inner = super().build(params, lr)
         p = self.params
-        _ATTACHED[inner] = SlowWeights(inner, k=p["k"], lr=p["outer_lr"], momentum=p["momentum"])
+        SlowWeights(inner, k=p["k"], lr=p["outer_lr"], momentum=p["momentum"])
         return inner
 
 
-class EMAAdam(Adam):
+class EMAAdam(_AroundAdam):
     """Adam, judged at an exponential moving average of its iterates (``decay`` per step, debiased),
     the averaging that LAWA/EMA studies report cuts steps to target on tuned Adam. Training continues
     from Adam's own iterates; only evaluation sees the average."""
@@ -259,8 +283,8 @@ class EMAAdam(Adam):
         _check_unit(self, "decay", low_open=False, high_open=True)
 
     def build(self, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-        inner = Adam(**{k: v for k, v in self.params.items() if k in Adam.defaults}).build(params, lr)
-        _ATTACHED[inner] = WeightAverage(inner, decay=self.params["decay"])
+        inner = super().build(params, lr)
+        WeightAverage(inner, decay=self.params["decay"])
         return inner
 
     @contextlib.contextmanager

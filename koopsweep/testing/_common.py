@@ -18,6 +18,28 @@ def label(cls: type, params: Mapping[str, Any] | None = None) -> str:
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
 
 
+def validated(kind: str, cls: type) -> None:
+    """The loader's validation of ``cls`` as a plugin of group ``kind``, and its refusal of an unknown
+    parameter (a `ParameterError`, as every plugin's): both as ``AssertionError`` messages."""
+    from koopsweep import plugins
+    from koopsweep.errors import ParameterError, PluginValidationError
+
+    try:
+        plugins.validate(kind, cls)
+    except PluginValidationError as exc:
+        raise AssertionError(f"{label(cls)} fails plugin validation: {exc}") from exc
+    try:
+        cls(__not_a_parameter__=1)
+    except ParameterError:
+        pass
+    except Exception as exc:
+        raise AssertionError(
+            f"{label(cls)}(__not_a_parameter__=1) raised {type(exc).__name__}, not koopsweep's ParameterError: {exc}"
+        ) from exc
+    else:
+        raise AssertionError(f"{label(cls)} accepted an unknown parameter; it must raise ParameterError")
+
+
 def as_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 

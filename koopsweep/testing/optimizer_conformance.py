@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from koopsweep.testing._common import as_device, label, on_device, sample_points
+from koopsweep.testing._common import as_device, label, on_device, sample_points, validated
 
 #: Steps every check trains for (long enough for a Lookahead or SNOO outer step to happen several times).
 STEPS = 24
@@ -77,6 +77,16 @@ def _build(plugin: Any, who: str, params: list[torch.Tensor], lr: float) -> torc
     return optimizer
 
 
+def _fresh(cls: type, params: Mapping[str, Any], device: torch.device):
+    """A new problem, its starting weights, a plugin and the optimizer it built over them at
+    ``default_lr``, and the label for messages."""
+    who = label(cls, params)
+    problem = _Problem(device)
+    weights = problem.params()
+    plugin = _plugin(cls, params)
+    return problem, weights, plugin, _build(plugin, who, weights, cls.default_lr), who
+
+
 def _train(problem: _Problem, optimizer: Any, params: list[torch.Tensor], steps: int, who: str) -> list[float]:
     losses = []
     closure = problem.closure(optimizer, params)
@@ -96,11 +106,7 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 def _run(cls: type, params: Mapping[str, Any], device: torch.device, steps: int = STEPS, evaluate_every: int = 0):
     """A fresh problem, plugin and optimizer trained ``steps`` steps; evaluation contexts entered every
     ``evaluate_every`` steps (0: never). Returns (plugin, optimizer, weights, losses)."""
-    problem = _Problem(device)
-    plugin = _plugin(cls, params)
-    who = label(cls, params)
-    weights = problem.params()
-    optimizer = _build(plugin, who, weights, cls.default_lr)
+    problem, weights, plugin, optimizer, who = _fresh(cls, params, device)
     losses = []
     for step in range(steps):
         losses += _train(problem, optimizer, weights, 1, who)
@@ -113,25 +119,9 @@ def _run(cls: type, params: Mapping[str, Any], device: torch.device, steps: int 
 # ------------------------------------------------------------------------------------------- checks
 def check_optimizer_contract(cls: type, *, params: Mapping[str, Any] | None = None) -> None:
     """The loader accepts the class, it builds with its defaults and rejects unknown parameters."""
-    from koopsweep import plugins
-    from koopsweep.errors import ParameterError, PluginValidationError
-
-    try:
-        plugins.validate("optimizers", cls)
-    except PluginValidationError as exc:
-        raise AssertionError(f"{label(cls)} fails plugin validation: {exc}") from exc
+    validated("optimizers", cls)
     assert isinstance(cls.schedule_free, bool), f"{label(cls)}.schedule_free must be a bool"
     _plugin(cls, dict(params or {}))
-    try:
-        cls(__not_a_parameter__=1)
-    except ParameterError:
-        pass
-    except Exception as exc:
-        raise AssertionError(
-            f"{label(cls)}(__not_a_parameter__=1) raised {type(exc).__name__}, not koopsweep's ParameterError: {exc}"
-        ) from exc
-    else:
-        raise AssertionError(f"{label(cls)} accepted an unknown parameter; it must raise ParameterError")
 
 
 def check_optimizer_search_space(cls: type, device: str | torch.device = "cpu", *, n_random: int = 3) -> None:
@@ -149,12 +139,8 @@ def check_optimizer_build(cls: type, device: str | torch.device = "cpu", *, para
     """``build`` covers exactly the given parameters, each once, every group at the given learning rate
     (what a schedule multiplies), with its state on the parameters' device; steps lower the loss."""
     device = as_device(device)
-    params = dict(params or {})
-    who = label(cls, params)
-    problem = _Problem(device)
-    weights = problem.params()
+    problem, weights, _, optimizer, who = _fresh(cls, dict(params or {}), device)
     lr = cls.default_lr
-    optimizer = _build(_plugin(cls, params), who, weights, lr)
     covered = [p for group in optimizer.param_groups for p in group["params"]]
     assert len(covered) == len(weights) and {id(p) for p in covered} == {id(p) for p in weights}, (
         f"{who}.build(): its param_groups hold {len(covered)} tensors, not exactly the {len(weights)} it was given"
@@ -244,12 +230,7 @@ def check_optimizer_schedule(
     cls: type, device: str | torch.device = "cpu", *, params: Mapping[str, Any] | None = None
 ) -> None:
     """A ``LambdaLR`` scales every group's rate, and the optimizer steps with it."""
-    device = as_device(device)
-    params = dict(params or {})
-    who = label(cls, params)
-    problem = _Problem(device)
-    weights = problem.params()
-    optimizer = _build(_plugin(cls, params), who, weights, cls.default_lr)
+    problem, weights, _, optimizer, who = _fresh(cls, dict(params or {}), as_device(device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** (step + 1))
     for _ in range(3):
         _train(problem, optimizer, weights, 1, who)
@@ -266,12 +247,7 @@ def check_optimizer_accelerated(
     """`KoopmanAccelerator` wraps what ``build`` returns: jumps are tried and training stays finite."""
     from koopsweep.accelerator import KoopmanAccelerator
 
-    device = as_device(device)
-    params = dict(params or {})
-    who = label(cls, params)
-    problem = _Problem(device)
-    weights = problem.params()
-    inner = _build(_plugin(cls, params), who, weights, cls.default_lr)
+    problem, weights, _, inner, who = _fresh(cls, dict(params or {}), as_device(device))
     accelerator = KoopmanAccelerator(inner, "extrapolate-linear", window=4, horizon=4, fallback="verify")
     losses = _train(problem, accelerator, weights, STEPS, f"KoopmanAccelerator({who})")
     assert accelerator.stats.jumps_tried >= 2, f"KoopmanAccelerator({who}) tried {accelerator.stats.jumps_tried} jumps"

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from koopsweep.testing._common import as_device, label, on_device, sample_points
+from koopsweep.testing._common import as_device, label, on_device, sample_points, validated
 
 #: Shapes of the parameter tensors the checks fit on: a matrix, a vector, a 3-d tensor and a scalar.
 SHAPES: tuple[tuple[int, ...], ...] = ((6, 4), (5,), (2, 3, 2), ())
@@ -174,27 +174,11 @@ def _fit_predict(variant: Any, who: str, snapshots: list[torch.Tensor], horizon:
 # ------------------------------------------------------------------------------------------- checks
 def check_variant_contract(cls: type, *, params: Mapping[str, Any] | None = None) -> None:
     """The loader accepts the class, it builds with its defaults and rejects unknown parameters."""
-    from koopsweep import plugins
-    from koopsweep.errors import ParameterError, PluginValidationError
-
-    try:
-        plugins.validate("variants", cls)
-    except PluginValidationError as exc:
-        raise AssertionError(f"{label(cls)} fails plugin validation: {exc}") from exc
+    validated("variants", cls)
     assert isinstance(cls.exact, bool), f"{label(cls)}.exact must be a bool, got {cls.exact!r}"
     params = dict(params or {})
     variant = _build(cls, params)
     _window(variant, label(cls, params))
-    try:
-        cls(__not_a_parameter__=1)
-    except ParameterError:
-        pass
-    except Exception as exc:
-        raise AssertionError(
-            f"{label(cls)}(__not_a_parameter__=1) raised {type(exc).__name__}, not koopsweep's ParameterError: {exc}"
-        ) from exc
-    else:
-        raise AssertionError(f"{label(cls)} accepted an unknown parameter; it must raise ParameterError")
 
 
 def check_variant_search_space(
