@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     names = available("optimizers") if args.optimizers == "all" else args.optimizers.split(",")
+    for name in names:  # every plugin imported now: an unknown name fails at once, not an hour in
+        load_optimizer(name)
     grids = {name: grid_for(name) for name in names}
     for spec in args.grid:
         name, _, values = spec.partition("=")
