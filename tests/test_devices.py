@@ -15,12 +15,15 @@ import torch
 from koopsweep import KoopmanAccelerator, plugins
 from koopsweep.bench import BenchSettings, run_bench
 from koopsweep.devices import Stopwatch
-from koopsweep.training import KoopmanConfig, train
+from koopsweep.training import KoopmanConfig, learning_rate, task_schedule, train
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 #: Built-in tasks that need no data folder, with parameters that keep them small.
 OFFLINE_TASKS = {
+    "charlm-transformer": {"d_model": 16, "n_layers": 1, "n_heads": 2, "context": 16, "eval_windows": 8},
+    "mnist1d-cnn": {"channels": 8, "num_samples": 400},
+    "pinn-burgers": {"hidden": 8, "depth": 2, "n_interior": 200, "n_boundary": 40, "n_eval": 100},
     "digits-mlp": {},
     "hnn-oscillator": {},
     "mnist1d-mlp": {"num_samples": 400},
@@ -97,8 +100,9 @@ def test_every_offline_task_trains_with_jumps_on_the_device(device, task):
     device = torch.device(device)
     task_obj = plugins.load_task(task)(**OFFLINE_TASKS[task])
     config = KoopmanConfig(variant="dmd-global", window=6, horizon=12, fallback="verify")
-    result = train(task_obj, optimizer="adam", lr=task_obj.baseline_lrs["adam"], seed=0, device=device,
-                   max_steps=30, koopman=config, eval_every=10)  # fmt: skip
+    optimizer = task_obj.default_optimizer
+    result = train(task_obj, optimizer=optimizer, lr=learning_rate(task_obj, optimizer)[0], seed=0, device=device,
+                   max_steps=30, koopman=config, eval_every=10, schedule=task_schedule(task_obj, 30, warmup=5))  # fmt: skip
     assert result.device.startswith(device.type)
     assert [c.step for c in result.curve] == [0, 10, 20, 30]
     assert all(math.isfinite(c.loss) for c in result.curve)

@@ -31,13 +31,18 @@ def test_every_built_in_is_registered_by_koopsweep_itself():
         assert rows[name].distribution == "koopsweep"
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # benchmarks/gpu.sh runs them on a GPU
+
+
+@pytest.mark.parametrize("device_name", DEVICES)
 @pytest.mark.parametrize("name", BUILT_INS)
 class TestBuiltInConformance(OptimizerConformance):
-    """The shipped suite, once per built-in (the class attribute is set from the parameter)."""
+    """The shipped suite, once per built-in and device (the class attributes are set from the parameters)."""
 
     @pytest.fixture(autouse=True)
-    def _choose(self, name):
+    def _choose(self, name, device_name):
         self.optimizer_cls = plugins.load_optimizer(name)
+        self.device = device_name
 
 
 def _problem(seed: int = 0):

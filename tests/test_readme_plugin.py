@@ -129,3 +129,6 @@ def test_example_optimizer_is_benchmarked_and_searched_like_a_built_in(example, 
     momenta = [t.params["heavy-ball.momentum"] for t in trials]
     assert all(0.5 <= m <= 0.99 for m in momenta) and momenta[0] != momenta[1]
     assert all(t.user_attrs["untuned_lrs"] == ["heavy-ball"] for t in trials)
+    shown = CliRunner().invoke(main, ["study", "show", "heavy"], env={"COLUMNS": "120"})
+    assert shown.exit_code == 0, shown.output
+    assert "vs heavy-ball*" in shown.output and "no tuned rate for heavy-ball" in shown.output
