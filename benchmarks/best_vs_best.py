@@ -274,7 +274,7 @@ def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, basel
             task_params: dict[str, Any] | None = None, on_progress=None) -> dict[str, Any]:  # fmt: skip
     """The whole measurement of one task: every seed, then the summary. Returns the JSON-ready report."""
     task_cls = plugins.load_task(task_name)
-    task = task_cls(**(task_params or {}))
+    task = plugins.instantiate(task_cls, task_params)
     dev = resolve_device(device)
     budget = budget or task_cls.default_budget
     schedule = task_schedule(task_cls, budget)

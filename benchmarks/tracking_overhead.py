@@ -41,7 +41,7 @@ def fixed_params(spec, variant: str) -> dict:
     """One configuration: the variant's and the rule's defaults, the middle of the shared ranges."""
     variant_cls = plugins.load_variant(variant)
     params: dict = {"variant": variant}
-    params.update({f"{variant}.{k}": variant_cls.defaults[k] for k in variant_cls.search_space()})
+    params.update({f"{variant}.{k}": variant_cls.parameters()[k] for k in variant_cls.search_space()})
     for name, field in spec.search.items():
         if field.distribution() is None:
             continue

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from koopsweep.plugins import available, load_optimizer, load_task
+from koopsweep.plugins import available, instantiate, load_optimizer, load_task
 from koopsweep.training import task_schedule, train
 
 #: Default grids (half-decade steps), wide enough around each optimizer's usual range. An optimizer
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         grids[name] = [float(v) for v in values.split(",")]
     params = {key: parse_value(value) for key, value in (p.split("=", 1) for p in args.param)}
     cls = load_task(args.task)
-    task = cls(**params)
+    task = instantiate(cls, params)
     budget = args.budget or cls.default_budget
     seeds = list(range(args.seeds))
 

@@ -159,9 +159,9 @@ def _build_variant(variant: Any, params: dict[str, Any]) -> Variant:
             )
         return variant
     if isinstance(variant, str):
-        from koopsweep.plugins import load_variant
+        from koopsweep.plugins import instantiate, load_variant
 
-        return load_variant(variant)(**params)
+        return instantiate(load_variant(variant), params)
     raise ParameterError(
         f"KoopmanAccelerator: variant={variant!r} is invalid; expected a registered variant name "
         "(see `koopsweep plugins list`) or a koopsweep.Variant instance"
@@ -179,9 +179,9 @@ def _build_fallback(fallback: Any, params: dict[str, Any] | None) -> FallbackRul
             )
         return fallback
     if isinstance(fallback, str):
-        from koopsweep.plugins import load_fallback
+        from koopsweep.plugins import instantiate, load_fallback
 
-        return load_fallback(fallback)(**dict(params or {}))
+        return instantiate(load_fallback(fallback), params)
     raise ParameterError(
         f"KoopmanAccelerator: fallback={fallback!r} is invalid; expected a registered rule name "
         "(none, verify, backtrack, best-of, or a plugin's) or a koopsweep.FallbackRule instance"

@@ -63,13 +63,13 @@ def split_params(variant: str, params: dict[str, Any], optimizers: tuple[str, ..
             shared[key] = value
         elif key.startswith("task."):
             task_params[key[5:]] = value
-        elif key in variant_cls.defaults:
+        elif key in variant_cls.parameters():
             variant_params[key] = value
         elif "." in key:
             dotted[key] = value
         else:
             raise UsageError(
-                f"--param {key}: not a parameter of variant {variant!r} ({', '.join(variant_cls.defaults) or 'none'}) "
+                f"--param {key}: not a parameter of variant {variant!r} ({', '.join(variant_cls.parameters()) or 'none'}) "
                 f"nor a shared one ({', '.join(SHARED_KEYS)}); fallback, optimizer and task parameters are written "
                 "RULE.KEY, OPTIMIZER.KEY and task.KEY"
             )
@@ -97,7 +97,7 @@ def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None
         plugins.load_optimizer(name)  # an unknown name fails here, listing the installed ones
     split = split_params(settings.variant, settings.params, optimizers)
     config, task_params = split.koopman, split.task
-    task = task_cls(**task_params)
+    task = plugins.instantiate(task_cls, task_params)
     device = resolve_device(settings.device)
     budget = settings.budget or task_cls.default_budget
     schedule = task_schedule(task_cls, budget, settings.schedule, settings.warmup)

@@ -251,7 +251,11 @@ def validate(kind: str, cls: Any, *, where: str = "") -> None:
     defaults = getattr(cls, "defaults", None)
     if not isinstance(defaults, Mapping):
         fail(f"{cls.__name__}.defaults must be a mapping of parameter name to default, got {defaults!r}")
-    clashing = sorted(set(defaults) & RESERVED_PARAMETERS)
+    declared = cls.parameters()  # defaults, and the named keyword arguments of __init__
+    no_default = sorted(name for name, value in declared.items() if value is inspect.Parameter.empty)
+    if no_default:
+        fail(f"{cls.__name__}.__init__ takes {', '.join(no_default)} without a default; every parameter needs one")
+    clashing = sorted(set(declared) & RESERVED_PARAMETERS)
     if clashing:
         fail(f"{cls.__name__} uses parameter names reserved by koopsweep: {', '.join(clashing)}")
     try:
@@ -263,8 +267,11 @@ def validate(kind: str, cls: Any, *, where: str = "") -> None:
     for param, dist in space.items():
         if not isinstance(dist, BaseDistribution):
             fail(f"{cls.__name__}.search_space()[{param!r}] is {dist!r}, not an optuna.distributions distribution")
-        if param not in defaults:
-            fail(f"{cls.__name__}.search_space() names {param!r}, which is not one of its parameters (defaults)")
+        if param not in declared:
+            fail(
+                f"{cls.__name__}.search_space() names {param!r}, which is not one of its parameters "
+                f"({', '.join(declared) or 'none'}: the keyword arguments of __init__, or defaults)"
+            )
     if kind == "tasks":
         budget = getattr(cls, "default_budget", None)
         if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
@@ -283,6 +290,14 @@ def validate(kind: str, cls: Any, *, where: str = "") -> None:
             cls()
         except Exception as exc:
             fail(f"{cls.__name__}() with its default parameters raised {type(exc).__name__}: {exc}")
+
+
+def instantiate(cls: type, params: Mapping[str, Any] | None = None) -> Any:
+    """A plugin instance from a loaded class and parameter values, whichever form the class declares its
+    parameters in (see `koopsweep._params`); bad names or values are one-line `ParameterError`s."""
+    from koopsweep._params import instantiate as build
+
+    return build(cls, params)
 
 
 def describe(kinds: list[str] | None = None) -> list[PluginInfo]:

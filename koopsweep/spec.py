@@ -415,7 +415,7 @@ def check_plugins(spec: StudySpec) -> None:
 
     known("tasks", spec.task, "task")
     try:  # a task checks its parameters when it is built (cheap: data is loaded later, by prepare)
-        plugins.load_task(spec.task)(**spec.task_params)
+        plugins.instantiate(plugins.load_task(spec.task), spec.task_params)
     except ParameterError as exc:
         raise SpecError(f"{spec.name}: field 'task_params': {exc}") from None
     for name in dict.fromkeys([spec.optimizer, *spec.baselines]):
@@ -437,13 +437,13 @@ def check_plugins(spec: StudySpec) -> None:
                     f"{spec.name}: field '{key}.{name}': the study never uses {name!r} ({', '.join(offered)})"
                 )
             cls = plugins.load(kind, name)
-            unknown = sorted(set(values) - set(cls.defaults))
+            unknown = sorted(set(values) - set(cls.parameters()))
             if unknown:
                 raise SpecError(
                     f"{spec.name}: field '{key}.{name}.{unknown[0]}': not a parameter of {name!r} "
-                    f"({', '.join(cls.defaults) or 'none'})"
+                    f"({', '.join(cls.parameters()) or 'none'})"
                 )
             try:
-                cls(**values)
+                plugins.instantiate(cls, values)
             except ParameterError as exc:
                 raise SpecError(f"{spec.name}: field '{key}.{name}': {exc}") from None

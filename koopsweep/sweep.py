@@ -348,7 +348,7 @@ def suggest_config(trial: optuna.Trial, spec: StudySpec, variants: list[str]):
     config = KoopmanConfig(variant=variant, variant_params=variant_params, fallback_params=rule_params, **shared)
     # A variant may need more snapshots than the sampled window (e.g. Hankel delays): raise the window
     # rather than waste the trial, and record that it happened.
-    needed = variant_cls(**variant_params).min_window()
+    needed = plugins.instantiate(variant_cls, variant_params).min_window()
     if config.window < needed:
         trial.set_user_attr("window_raised_to", needed)
         config.window = needed
@@ -385,7 +385,7 @@ class Objective:
 
         self.spec = spec
         self.device = device
-        self.task = plugins.load_task(spec.task)(**spec.task_params)
+        self.task = plugins.instantiate(plugins.load_task(spec.task), spec.task_params)
         self.budget = spec.budget or type(self.task).default_budget
         self.schedule = task_schedule(self.task, self.budget, spec.schedule, spec.warmup)
         self.variants = variant_names(spec)

@@ -31,7 +31,7 @@ def build_optimizer(
     from it over ``params`` at ``lr``."""
     from koopsweep import plugins
 
-    plugin = plugins.load_optimizer(name)(**dict(optimizer_params or {}))
+    plugin = plugins.instantiate(plugins.load_optimizer(name), optimizer_params)
     return plugin, plugin.build(params, lr)
 
 

@@ -182,6 +182,77 @@ def test_third_party_variant_in_a_study_is_accepted_and_searched(install, workdi
     assert isinstance(trial.distributions["fake-good.gain"], optuna.distributions.FloatDistribution)
 
 
+PLAIN_VARIANT = '''
+import torch
+from optuna.distributions import FloatDistribution
+from koopsweep import Variant
+
+
+class Plain(Variant):
+    """Parameters the plain Python way, and no call to the base __init__."""
+
+    def __init__(self, gain: float = 0.5, lookback: int = 1):
+        if not gain > 0:
+            raise ValueError(f"gain must be positive, got {gain!r}")
+        self.gain = gain
+        self.lookback = lookback
+
+    @classmethod
+    def search_space(cls):
+        return {"gain": FloatDistribution(0.1, 2.0)}
+
+    def fit(self, snapshots):
+        self._last = [s[-1].clone() for s in snapshots]
+        self._step = [s[-1] - s[-1 - self.lookback] for s in snapshots]
+
+    def predict(self, horizon):
+        return [x + self.gain * horizon * d for x, d in zip(self._last, self._step)]
+'''
+
+
+def test_a_plugin_with_its_parameters_in_init_is_ok_searched_and_logged(install, workdir):
+    import optuna
+    import torch
+
+    from koopsweep import KoopmanAccelerator
+    from koopsweep.errors import ParameterError
+
+    install(f"{FAKE_PREFIX}-plain", "1.0", {"variants": {"fake-plain": ("fake_plain", PLAIN_VARIANT, "Plain")}})
+    row = rows_by_key(plugins.describe(["variants"]))["variants", "fake-plain", f"{FAKE_PREFIX}-plain"]
+    assert (row.status, row.error, list(row.search_space)) == ("ok", None, ["gain"])
+    cls = plugins.load_variant("fake-plain")
+    assert cls.parameters() == {"gain": 0.5, "lookback": 1}
+    check_variant(cls)
+    variant = plugins.instantiate(cls, {"gain": 0.7})
+    assert variant.params == {"gain": 0.7, "lookback": 1} and repr(variant) == "Plain(gain=0.7, lookback=1)"
+    with pytest.raises(ParameterError, match="unknown parameter.*bogus.*it accepts gain, lookback"):
+        plugins.instantiate(cls, {"bogus": 1})
+    with pytest.raises(ParameterError, match="gain must be positive"):
+        KoopmanAccelerator(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1), "fake-plain", gain=-1.0)
+    # In a study: its space searched, a pinned value checked against __init__'s arguments.
+    spec = workdir / "plain.toml"
+    spec.write_text(
+        f'name = "plain"\ntask = "digits-mlp"\nvariants = ["fake-plain"]\nbudget = 30\nn_trials = 1\n'
+        '[search]\nwindow = 4\nhorizon = 8\n[variant_params.fake-plain]\nlookback = 2\n'
+    )
+    ran = CliRunner().invoke(main, ["study", "run", str(spec)])
+    assert ran.exit_code == 0, ran.output
+    (trial,) = optuna.load_study(study_name="plain", storage="sqlite:///koopsweep.db").trials
+    assert trial.state.name == "COMPLETE" and 0.1 <= trial.params["fake-plain.gain"] <= 2.0
+    assert trial.user_attrs["config"]["fake-plain.lookback"] == 2
+    spec.write_text(spec.read_text().replace('name = "plain"', 'name = "plain2"').replace("lookback = 2", "lookbak = 2"))
+    bad = CliRunner().invoke(main, ["study", "create", str(spec)])
+    assert bad.exit_code == 2 and "'variant_params.fake-plain.lookbak'" in bad.output and "gain, lookback" in bad.output
+
+
+def test_an_init_argument_without_a_default_makes_the_plugin_broken(install):
+    source = PLAIN_VARIANT.replace("def __init__(self, gain: float = 0.5, lookback: int = 1)",
+                                   "def __init__(self, gain: float, lookback: int = 1)")
+    install(f"{FAKE_PREFIX}-nodefault", "1.0", {"variants": {"fake-nodefault": ("fake_nodefault", source, "Plain")}})
+    row = rows_by_key(plugins.describe(["variants"]))["variants", "fake-nodefault", f"{FAKE_PREFIX}-nodefault"]
+    assert row.status == "broken" and "takes gain without a default" in row.error
+
+
 # ---------------------------------------------------------------------------------- broken plugins
 def test_plugin_that_raises_on_import_is_broken_and_the_others_keep_working(install):
     before = {(r.group, r.name): r.status for r in plugins.describe() if r.distribution == "koopsweep"}

@@ -29,7 +29,7 @@ def validated(kind: str, cls: type) -> None:
     except PluginValidationError as exc:
         raise AssertionError(f"{label(cls)} fails plugin validation: {exc}") from exc
     try:
-        cls(__not_a_parameter__=1)
+        plugins.instantiate(cls, {"__not_a_parameter__": 1})
     except ParameterError:
         pass
     except Exception as exc:

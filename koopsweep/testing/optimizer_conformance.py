@@ -128,8 +128,8 @@ def check_optimizer_search_space(cls: type, device: str | torch.device = "cpu", 
     """Every searched value builds an optimizer that takes finite steps."""
     device = as_device(device)
     space = cls.search_space()
-    extra = sorted(set(space) - set(cls.defaults))
-    assert not extra, f"{label(cls)}.search_space() names {extra}, which are not in {label(cls)}.defaults"
+    extra = sorted(set(space) - set(cls.parameters()))
+    assert not extra, f"{label(cls)}.search_space() names {extra}, which are not among its parameters"
     for point in sample_points(space, n_random, seed=0):
         _, _, weights, losses = _run(cls, point, device, steps=4)
         assert all(math.isfinite(v) for v in losses), f"{label(cls, point)}: non-finite loss in 4 steps: {losses}"

@@ -187,8 +187,8 @@ def check_variant_search_space(
     """Every searched value is a valid parameter: both ends of each range and a few random points
     build an instance that fits and predicts finite values of the right form."""
     space = cls.search_space()
-    extra = sorted(set(space) - set(cls.defaults))
-    assert not extra, f"{label(cls)}.search_space() names {extra}, which are not in {label(cls)}.defaults"
+    extra = sorted(set(space) - set(cls.parameters()))
+    assert not extra, f"{label(cls)}.search_space() names {extra}, which are not among its parameters"
     for point in sample_points(space, n_random, seed):
         who = label(cls, point)
         variant = _build(cls, point)
