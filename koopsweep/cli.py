@@ -165,7 +165,10 @@ def study_create(spec_file: str, storage: str | None) -> None:
 
 @study.command("run")
 @click.argument("target", metavar="SPEC_OR_NAME")
-@click.option("--n-trials", type=click.IntRange(min=1), help="Trials to run now (default: what the spec's n_trials still lacks).")
+@click.option("--n-trials", type=click.IntRange(min=1),
+              help="Trials this invocation runs, shared by its --jobs workers, whatever other workers do (as "
+                   "Optuna's optimize(n_trials=)). Without it, workers run until the study holds the spec's "
+                   "n_trials, its study-wide target.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting new trials after this many seconds.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes sharing the storage.")
 @click.option("--devices", help="Comma-separated devices (cpu, cuda, cuda:N) given to the workers in turn (default: the spec's).")
@@ -206,21 +209,25 @@ def study_run(
         )
     spec = stored
     device_list = _device_list(devices or spec.device)
-    finished = sweep.finished_trials(study_obj)
-    remaining = n_trials if n_trials is not None else spec.n_trials - finished
+    if until_total is None and n_trials is None:
+        until_total = spec.n_trials  # the study-wide target, shared with every other worker
+    if until_total is not None:
+        remaining = until_total - sweep.finished_trials(study_obj)
+    else:
+        remaining = n_trials  # this invocation's own, whatever the study holds
     if remaining > 0:  # one line now rather than a failure inside every trial
         tracking.check_tracking(sweep.study_tracking_uri(study_obj, spec))
     if remaining <= 0:
         if not quiet:
             click.echo(f"study {spec.name!r} already has its {spec.n_trials} trials; use --n-trials N to run more", err=True)
     elif jobs == 1:
-        total = until_total if until_total is not None else finished + remaining
+        own = None if until_total is not None else remaining
         if quiet:
-            sweep.run_worker(study_obj, spec, n_trials=remaining, timeout=timeout, device_name=device_list[0], until_total=total)
+            sweep.run_worker(study_obj, spec, n_trials=own, timeout=timeout, device_name=device_list[0], until_total=until_total)
         else:
-            _run_with_progress(study_obj, spec, remaining, timeout, device_list[0], total)
+            _run_with_progress(study_obj, spec, remaining, own, timeout, device_list[0], until_total)
     else:
-        _run_workers(study_obj, spec, url, remaining, finished + remaining, timeout, jobs, device_list, heartbeat_interval)
+        _run_workers(study_obj, spec, url, remaining, n_trials, until_total, timeout, jobs, device_list, heartbeat_interval)
     if not quiet:
         _print_summary(study_obj, spec, as_json=False)
 
@@ -253,59 +260,65 @@ def _best_label(study_obj, spec) -> str:
     return f"best speedup vs {spec.primary_baseline}: {format_speedup(max(values))}" if values else ""
 
 
-def _run_with_progress(study_obj, spec, n_trials: int, timeout: float | None, device: str, total: int) -> None:
+def _run_with_progress(study_obj, spec, expected: int, n_trials: int | None, timeout: float | None, device: str,
+                       until_total: int | None) -> None:  # fmt: skip
     from koopsweep import sweep
 
     with _progress_bar() as progress:
-        bar = progress.add_task(f"study {spec.name}", total=n_trials, best="")
+        bar = progress.add_task(f"study {spec.name}", total=expected, best="")
 
         def on_trial(study, trial) -> None:
             progress.update(bar, advance=1, best=_best_label(study, spec))
 
         sweep.run_worker(
             study_obj, spec, n_trials=n_trials, timeout=timeout, device_name=device, callbacks=[on_trial],
-            until_total=total,
+            until_total=until_total,
         )  # fmt: skip
 
 
-def _run_workers(study_obj, spec, url, n_trials, total, timeout, jobs, devices, heartbeat_interval) -> None:
-    """Start ``jobs`` worker processes and follow the shared study until they all exit."""
+def _run_workers(study_obj, spec, url, expected: int, n_trials: int | None, until_total: int | None,
+                 timeout, jobs, devices, heartbeat_interval) -> None:  # fmt: skip
+    """Start ``jobs`` worker processes and follow the shared study until they all exit: with ``n_trials``,
+    they split that many trials between them; else they run until the study holds ``until_total``."""
+    import os
     import subprocess
     import time
 
     from koopsweep import sweep
 
-    import os
-
-    start = sweep.finished_trials(study_obj)
+    shares = sweep.split_trials(n_trials, jobs) if n_trials is not None else [None] * jobs
     # CPU workers share the cores instead of each starting one thread per core.
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))}
     env[sweep.STORAGE_ENV] = url  # not on the command line, which every local user can read
     workers = [
         subprocess.Popen(
             sweep.worker_command(
-                spec.name, url, n_trials=n_trials, until_total=total, device=devices[i % len(devices)],
+                spec.name, url, n_trials=share, until_total=until_total, device=devices[i % len(devices)],
                 index=i + 1, timeout=timeout, heartbeat_interval=heartbeat_interval,
             ),
             env=env,
         )  # fmt: skip
-        for i in range(jobs)
+        for i, share in enumerate(shares)
     ]
+    ours = {sweep.worker_label(w.pid) for w in workers}
+
+    def done() -> int:
+        return min(sweep.finished_trials(study_obj, workers=ours), expected)
+
     try:
         with _progress_bar() as progress:
-            bar = progress.add_task(f"study {spec.name} ({jobs} workers)", total=n_trials, best="")
+            bar = progress.add_task(f"study {spec.name} ({len(workers)} workers)", total=expected, best="")
             while any(w.poll() is None for w in workers):
                 time.sleep(1.0)
-                done = sweep.finished_trials(study_obj) - start
-                progress.update(bar, completed=min(done, n_trials), best=_best_label(study_obj, spec))
-            progress.update(bar, completed=min(sweep.finished_trials(study_obj) - start, n_trials))
+                progress.update(bar, completed=done(), best=_best_label(study_obj, spec))
+            progress.update(bar, completed=done())
     except KeyboardInterrupt:
         for w in workers:
             w.terminate()
         raise
     failed = [w.returncode for w in workers if w.returncode != 0]
     if failed:
-        raise KoopsweepError(f"{len(failed)} of {jobs} workers failed (exit codes {failed}); see their messages above")
+        raise KoopsweepError(f"{len(failed)} of {len(workers)} workers failed (exit codes {failed}); see their messages above")
 
 
 def _print_summary(study_obj, spec, *, as_json: bool) -> None:

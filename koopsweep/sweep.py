@@ -240,6 +240,9 @@ def create_study(spec: StudySpec, storage_url: str, *, tracking_uri: str | None 
         pruner=pruner,
         directions=spec.directions,
     )
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2; the warning would only alarm users
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(objective_names(spec))  # what optuna-dashboard and Optuna's plots call them
     study.set_user_attr(SPEC_ATTR, spec.dumps())
     study.set_user_attr(SAMPLER_ATTR, {"optuna": optuna.__version__, **spec.sampler})
     study.set_user_attr(TRACKING_ATTR, mask_uri(uri))
@@ -255,6 +258,12 @@ def create_study(spec: StudySpec, storage_url: str, *, tracking_uri: str | None 
     if parent:
         study.set_user_attr(PARENT_RUN_ATTR, parent)
     return study
+
+
+def objective_names(spec: StudySpec) -> list[str]:
+    """The names of the study's objectives, as the trials' user attributes call the same figures."""
+    names = [f"speedup_vs_{spec.primary_baseline}"]
+    return names if spec.objective == "speedup" else [*names, "loss_gap"]
 
 
 def study_exists(name: str, storage_url: str) -> bool:
@@ -412,7 +421,7 @@ class Objective:
         from koopsweep import reporting
 
         # Which process ran it: a trial that is later failed as stale names its dead worker.
-        trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
+        trial.set_user_attr("worker", worker_label(os.getpid()))
         config = suggest_config(trial, self.spec, self.variants)
         optimizer_params = suggest_optimizer_params(trial, self.spec)
         trial.set_user_attr("config", config.flat_params())
@@ -542,15 +551,22 @@ def retried_numbers(trials) -> set[int]:
     return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
-def _count(study: optuna.Study, states) -> int:
+def _count(study: optuna.Study, states, workers: set[str] | None = None) -> int:
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
-    return sum(1 for t in trials if t.state in states and t.number not in retried)
+    return sum(
+        1 for t in trials
+        if t.state in states and t.number not in retried and (workers is None or t.user_attrs.get("worker") in workers)
+    )  # fmt: skip
 
 
-def finished_trials(study: optuna.Study) -> int:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return _count(study, states)
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def finished_trials(study: optuna.Study, *, workers: set[str] | None = None) -> int:
+    """Finished trials (a failed one that was retried counts once, as its retry); with ``workers``
+    (`worker_label` values), only those these processes ran."""
+    return _count(study, FINISHED_STATES, workers)
 
 
 class StopAtTotal:
@@ -596,7 +612,8 @@ def run_worker(
     """Run trials of ``study`` in this process until ``n_trials`` more have finished, the study holds
     ``until_total`` trials, or time runs out. With ``until_total`` on a storage with heartbeats, the
     worker then waits (polling every heartbeat interval) while other workers' trials are running, and
-    runs any of them that is retried because its worker died."""
+    runs any of them that is retried because its worker died. The study's MLflow run is RUNNING while
+    the worker runs trials and FINISHED when it leaves the study done (`study_done`)."""
     from koopsweep.devices import resolve_device
 
     device = resolve_device(device_name or spec.device)
@@ -620,6 +637,24 @@ def run_worker(
         if stopper.reached(study):
             return
         callbacks.append(stopper)
+    # The study's run is RUNNING while trials run, even after an earlier worker had finished it.
+    tracker.guarded("mark the study's run as running", tracker.mark_running, parent)
+    try:
+        _optimize_until_done(study, objective, n_trials, timeout, callbacks, stopper)
+    finally:
+        if study_done(study, spec):
+            tracker.guarded("finish the study's run", tracker.finish, parent, "FINISHED")
+
+
+def study_done(study: optuna.Study, spec: StudySpec) -> bool:
+    """Whether the study has reached its target (the spec's ``n_trials``) and no trial is running or
+    queued: then its MLflow run is FINISHED."""
+    busy = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    return finished_trials(study) >= spec.n_trials and not study.get_trials(deepcopy=False, states=busy)
+
+
+def _optimize_until_done(study, objective, n_trials, timeout, callbacks, stopper) -> None:
+    """`run_worker`'s loop: Optuna's optimize, then, towards a shared target, the wait for retries."""
     started = time.monotonic()
 
     def optimize(n: int | None) -> bool:
@@ -655,22 +690,37 @@ def _heartbeat_interval(study: optuna.Study) -> int | None:
 
 
 def worker_command(
-    name: str, storage_url: str, *, n_trials: int, until_total: int, device: str, index: int,
+    name: str, storage_url: str, *, n_trials: int | None, until_total: int | None, device: str, index: int,
     timeout: float | None, heartbeat_interval: int | None,
 ) -> list[str]:  # fmt: skip
-    """The command line of one worker process (the same `study run`, told its share and its device).
+    """The command line of one worker process (the same `study run`, told its share or the study-wide
+    target, and its device).
 
     The storage URL is not on it (any local user can read a command line, and the URL may hold a
     password): start the worker with ``storage_url`` in ``KOOPSWEEP_STORAGE``."""
     import sys
 
     command = [
-        sys.executable, "-m", "koopsweep", "study", "run", name,
-        "--n-trials", str(n_trials), "--until-total", str(until_total), "--devices", device,
+        sys.executable, "-m", "koopsweep", "study", "run", name, "--devices", device,
         "--worker-index", str(index), "--quiet",
     ]  # fmt: skip
+    if n_trials is not None:
+        command += ["--n-trials", str(n_trials)]
+    if until_total is not None:
+        command += ["--until-total", str(until_total)]
     if timeout is not None:
         command += ["--timeout", str(timeout)]
     if heartbeat_interval is not None:
         command += ["--heartbeat-interval", str(heartbeat_interval)]
     return command
+
+
+def split_trials(n_trials: int, jobs: int) -> list[int]:
+    """``n_trials`` shared as evenly as possible by at most ``jobs`` workers (none gets zero)."""
+    shares = [n_trials // jobs + (1 if i < n_trials % jobs else 0) for i in range(jobs)]
+    return [share for share in shares if share]
+
+
+def worker_label(pid: int) -> str:
+    """How a trial names the process that ran it (``host:pid``), so a dead worker's trial is recognised."""
+    return f"{platform.node()}:{pid}"

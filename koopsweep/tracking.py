@@ -160,6 +160,11 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
+    def mark_running(self, run_id: str) -> None:
+        """A run that was ended (the study's, when more trials come) is RUNNING again."""
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+
     # --------------------------------------------------------------- logging
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

@@ -68,6 +68,29 @@ def test_create_run_show_and_track(tiny_spec, workdir):
     assert len(curve) >= 2 and curve[0].step == 0
 
 
+def test_the_study_run_is_finished_when_the_study_is_done_and_running_while_trials_run(tiny_spec, workdir):
+    import optuna
+
+    from koopsweep import sweep
+
+    def parent_status() -> str:
+        client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("tiny")
+        [parent] = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("koopsweep.role") == "study"]
+        return parent.info.status
+
+    assert invoke("study", "run", str(tiny_spec), "--n-trials", "1").exit_code == 0
+    assert parent_status() == "RUNNING"  # one of the spec's two trials: not done
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///koopsweep.db")
+    assert study.metric_names == ["speedup_vs_adam"]  # named for optuna-dashboard and Optuna's plots
+    assert invoke("study", "run", "tiny").exit_code == 0
+    assert parent_status() == "FINISHED"
+    seen = []
+    study, spec = sweep.load_study("tiny", "sqlite:///koopsweep.db")
+    sweep.run_worker(study, spec, n_trials=1, callbacks=[lambda study, trial: seen.append(parent_status())])
+    assert seen == ["RUNNING"] and parent_status() == "FINISHED"
+
+
 def test_run_with_a_spec_creates_the_study_and_rerun_does_nothing(tiny_spec):
     first = invoke("study", "run", str(tiny_spec), "--n-trials", "1")
     assert first.exit_code == 0, first.output

@@ -107,6 +107,27 @@ def test_four_workers_share_a_fresh_postgres_study(workdir, postgres_url):
     assert {r.info.status for r in trial_runs.values()} <= {"FINISHED", "KILLED"}
 
 
+def test_n_trials_counts_this_invocations_trials_whatever_other_workers_do(workdir):
+    url = f"sqlite:///{workdir / 'koopsweep.db'}"
+    write_spec(workdir / "tiny.toml", n_trials=2, budget=20)
+    create(workdir / "tiny.toml", url)
+    # Two invocations at once, each with --n-trials 2 (as Optuna's optimize(n_trials=2) in each): 4 trials,
+    # although the spec's study-wide target is 2.
+    both = [start_worker("tiny", "--storage", url, "--n-trials", "2", cwd=workdir, log=workdir / f"w{i}.log")
+            for i in range(2)]  # fmt: skip
+    for i, worker in enumerate(both):
+        assert finish(worker, workdir / f"w{i}.log") is not None and worker.returncode == 0
+    trials = trials_of(url)
+    assert len(trials) == 4 and all(t.state in DONE for t in trials)
+    for worker in both:
+        assert sum(t.user_attrs["worker"] == worker_id(worker) for t in trials) == 2
+    # One invocation with --jobs 2 --n-trials 3: its two workers share exactly 3.
+    shared = koopsweep("study", "run", "tiny", "--storage", url, "--jobs", "2", "--n-trials", "3", cwd=workdir)
+    assert shared.returncode == 0, shared.stderr
+    trials = trials_of(url)
+    assert len(trials) == 7 and len({t.user_attrs["worker"] for t in trials[4:]}) == 2
+
+
 # ------------------------------------------------------------------- another host; resuming a study
 def test_a_worker_elsewhere_joins_with_the_storage_url_and_name_and_the_study_resumes(workdir, postgres_url, tmp_path_factory):
     write_spec(workdir / "tiny.toml", n_trials=2)
