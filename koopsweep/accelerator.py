@@ -554,6 +554,7 @@ class KoopmanAccelerator:
                 # snapshot="mean" mid-block: the running sum of the block so far, in the next slot.
                 "partial": [buf[self._filled].clone() for buf in self._buffers] if self._summing() else None,
                 "stats": self.stats.to_dict(),
+                "fallback": self.fallback.state_dict(),  # what the rule learned (the adaptive horizon scale)
             },
         }
 
@@ -601,6 +602,7 @@ class KoopmanAccelerator:
                 for buf, saved in zip(self._buffers, partial):
                     buf[self._filled].copy_(saved)
         self.stats = AcceleratorStats.from_dict(stats)
+        self.fallback.load_state_dict(acc.get("fallback") or {})
 
 
 class _Proposal:

@@ -173,13 +173,17 @@ def study_create(spec_file: str, storage: str | None) -> None:
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes sharing the storage.")
 @click.option("--devices", help="Comma-separated devices (cpu, cuda, cuda:N) given to the workers in turn (default: the spec's).")
 @click.option("--heartbeat-interval", type=click.IntRange(min=1), help="Seconds between heartbeats on RDB storages (default 60): a trial whose worker died is failed and retried after twice that.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Torch CPU threads per worker (default: 1 for each of several CPU workers started by --jobs, "
+                   "so they do not spin against each other; else torch's own, or $OMP_NUM_THREADS).")
 @click.option("--until-total", type=int, hidden=True)
 @click.option("--worker-index", type=int, default=0, hidden=True)
 @click.option("--quiet", is_flag=True, hidden=True)
 @STORAGE_OPTION
 def study_run(
     target: str, n_trials: int | None, timeout: float | None, jobs: int, devices: str | None,
-    heartbeat_interval: int | None, until_total: int | None, worker_index: int, quiet: bool, storage: str | None,
+    heartbeat_interval: int | None, threads: int | None, until_total: int | None, worker_index: int, quiet: bool,
+    storage: str | None,
 ) -> None:  # fmt: skip
     """Run trials of a study, creating it first when SPEC_OR_NAME is a spec file and it does not exist yet.
 
@@ -221,13 +225,19 @@ def study_run(
         if not quiet:
             click.echo(f"study {spec.name!r} already has its {spec.n_trials} trials; use --n-trials N to run more", err=True)
     elif jobs == 1:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         own = None if until_total is not None else remaining
         if quiet:
             sweep.run_worker(study_obj, spec, n_trials=own, timeout=timeout, device_name=device_list[0], until_total=until_total)
         else:
             _run_with_progress(study_obj, spec, remaining, own, timeout, device_list[0], until_total)
     else:
-        _run_workers(study_obj, spec, url, remaining, n_trials, until_total, timeout, jobs, device_list, heartbeat_interval)
+        _run_workers(
+            study_obj, spec, url, remaining, n_trials, until_total, timeout, jobs, device_list, heartbeat_interval, threads
+        )  # fmt: skip
     if not quiet:
         _print_summary(study_obj, spec, as_json=False)
 
@@ -277,7 +287,7 @@ def _run_with_progress(study_obj, spec, expected: int, n_trials: int | None, tim
 
 
 def _run_workers(study_obj, spec, url, expected: int, n_trials: int | None, until_total: int | None,
-                 timeout, jobs, devices, heartbeat_interval) -> None:  # fmt: skip
+                 timeout, jobs, devices, heartbeat_interval, threads: int | None) -> None:  # fmt: skip
     """Start ``jobs`` worker processes and follow the shared study until they all exit: with ``n_trials``,
     they split that many trials between them; else they run until the study holds ``until_total``."""
     import os
@@ -287,19 +297,18 @@ def _run_workers(study_obj, spec, url, expected: int, n_trials: int | None, unti
     from koopsweep import sweep
 
     shares = sweep.split_trials(n_trials, jobs) if n_trials is not None else [None] * jobs
-    # CPU workers share the cores instead of each starting one thread per core.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))}
-    env[sweep.STORAGE_ENV] = url  # not on the command line, which every local user can read
-    workers = [
-        subprocess.Popen(
-            sweep.worker_command(
-                spec.name, url, n_trials=share, until_total=until_total, device=devices[i % len(devices)],
-                index=i + 1, timeout=timeout, heartbeat_interval=heartbeat_interval,
-            ),
-            env=env,
+    env = {**os.environ, sweep.STORAGE_ENV: url}  # the URL is not on the command line, which any local user can read
+    workers = []
+    for i, share in enumerate(shares):
+        device = devices[i % len(devices)]
+        # CPU workers that share the cores get one torch thread each, or they spin against each other.
+        cpu_threads = threads or (None if os.environ.get("OMP_NUM_THREADS") else 1)
+        worker_threads = cpu_threads if device == "cpu" else threads
+        command = sweep.worker_command(
+            spec.name, url, n_trials=share, until_total=until_total, device=device, index=i + 1, timeout=timeout,
+            heartbeat_interval=heartbeat_interval, threads=worker_threads,
         )  # fmt: skip
-        for i, share in enumerate(shares)
-    ]
+        workers.append(subprocess.Popen(command, env=env))
     ours = {sweep.worker_label(w.pid) for w in workers}
 
     def done() -> int:

@@ -422,6 +422,9 @@ class Objective:
 
         # Which process ran it: a trial that is later failed as stale names its dead worker.
         trial.set_user_attr("worker", worker_label(os.getpid()))
+        import torch
+
+        trial.set_user_attr("torch_threads", torch.get_num_threads())
         config = suggest_config(trial, self.spec, self.variants)
         optimizer_params = suggest_optimizer_params(trial, self.spec)
         trial.set_user_attr("config", config.flat_params())
@@ -539,6 +542,7 @@ def environment_params(device) -> dict[str, str]:
         "device": str(device),
         "device_name": device_label(device),
         "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "optuna_version": optuna.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
@@ -691,7 +695,7 @@ def _heartbeat_interval(study: optuna.Study) -> int | None:
 
 def worker_command(
     name: str, storage_url: str, *, n_trials: int | None, until_total: int | None, device: str, index: int,
-    timeout: float | None, heartbeat_interval: int | None,
+    timeout: float | None, heartbeat_interval: int | None, threads: int | None = None,
 ) -> list[str]:  # fmt: skip
     """The command line of one worker process (the same `study run`, told its share or the study-wide
     target, and its device).
@@ -712,6 +716,8 @@ def worker_command(
         command += ["--timeout", str(timeout)]
     if heartbeat_interval is not None:
         command += ["--heartbeat-interval", str(heartbeat_interval)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     return command
 
 

@@ -277,15 +277,14 @@ def start_ui_server(
 
     from koopsweep.errors import KoopsweepError
 
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-        "--host", host, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
     if default_artifact_root:
         command += ["--default-artifact-root", default_artifact_root]
     import tempfile
 
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # The store's URL goes in the environment (mlflow server reads MLFLOW_BACKEND_STORE_URI), not on the
+    # command line, which every local user can read and which would show a password in it.
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_BACKEND_STORE_URI": tracking_uri}
     # The server logs every request: to a file, never to a pipe nobody reads (a full pipe blocks it).
     log = tempfile.NamedTemporaryFile(prefix="koopsweep-mlflow-", suffix=".log", delete=False)
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -821,6 +821,26 @@ def test_state_dict_keeps_the_backoff_wait():
     assert acc.stats.jumps_tried == 4  # calls 4, 10, 22 and 46
 
 
+def test_state_dict_keeps_the_adaptive_rules_horizon_scale():
+    def make(model):
+        return KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
+                                  horizon=4, fallback="adaptive")  # fmt: skip
+
+    model, resumed_model = mlp(), mlp()
+    acc, resumed = make(model), make(resumed_model)
+    data = batches(40)
+    for batch in data[:13]:  # three jump attempts: the scale has moved off 1
+        acc.step(mlp_closure(model, acc, batch))
+    assert acc.fallback.scale != 1.0
+    _resume(model, acc, resumed_model, resumed)
+    assert resumed.fallback.scale == acc.fallback.scale
+    for batch in data[13:]:
+        acc.step(mlp_closure(model, acc, batch))
+        resumed.step(mlp_closure(resumed_model, resumed, batch))
+        assert resumed.fallback.scale == acc.fallback.scale
+    assert_same_params(model, resumed_model)
+
+
 def test_load_state_dict_rejects_a_different_window():
     model = mlp()
     acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=4, fallback="none")

@@ -20,6 +20,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _process_tree(root: int) -> list[int]:
+    """``root`` and every process below it, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
 def test_ui_serves_the_study_runs_page(tiny_spec, workdir):
     assert CliRunner().invoke(main, ["study", "create", str(tiny_spec)]).exit_code == 0
     port = free_port()
@@ -44,6 +62,11 @@ def test_ui_serves_the_study_runs_page(tiny_spec, workdir):
         # The study's parent run, created by `study create` before any worker started.
         tags = [{t["key"]: t["value"] for t in run["data"]["tags"]} for run in runs]
         assert [t.get("koopsweep.role") for t in tags] == ["study"]
+        # The store's URL is on no command line of the ui or the server it started (any user can read them).
+        store = str(workdir / "mlflow.db")
+        for pid in _process_tree(process.pid):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            assert store not in cmdline and "sqlite:" not in cmdline, cmdline
     finally:
         process.send_signal(signal.SIGTERM)  # as `kill` would; SIGINT may be ignored under CI
         process.wait(timeout=60)

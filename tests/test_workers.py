@@ -121,11 +121,17 @@ def test_n_trials_counts_this_invocations_trials_whatever_other_workers_do(workd
     assert len(trials) == 4 and all(t.state in DONE for t in trials)
     for worker in both:
         assert sum(t.user_attrs["worker"] == worker_id(worker) for t in trials) == 2
-    # One invocation with --jobs 2 --n-trials 3: its two workers share exactly 3.
-    shared = koopsweep("study", "run", "tiny", "--storage", url, "--jobs", "2", "--n-trials", "3", cwd=workdir)
+    # One invocation with --jobs 2 --n-trials 3: its two workers share exactly 3, one torch thread each.
+    env = {k: v for k, v in worker_env().items() if k != "OMP_NUM_THREADS"}
+    shared = koopsweep("study", "run", "tiny", "--storage", url, "--jobs", "2", "--n-trials", "3", cwd=workdir, env=env)
     assert shared.returncode == 0, shared.stderr
     trials = trials_of(url)
     assert len(trials) == 7 and len({t.user_attrs["worker"] for t in trials[4:]}) == 2
+    assert [t.user_attrs["torch_threads"] for t in trials[4:]] == [1, 1, 1]
+    again = koopsweep("study", "run", "tiny", "--storage", url, "--jobs", "2", "--n-trials", "2", "--threads", "2",
+                      cwd=workdir, env=env)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert [t.user_attrs["torch_threads"] for t in trials_of(url)[7:]] == [2, 2]
 
 
 # ------------------------------------------------------------------- another host; resuming a study

@@ -6,8 +6,8 @@ rule keeps a scale on the configured horizon: after an accepted jump it grows (b
 ``max_factor``), after a rejected or unusable one it shrinks (by ``shrink``, down to ``min_factor``).
 The check is `Verify`'s, so each jump still costs exactly one closure call, accepted or not.
 
-The scale is state of the rule instance, i.e. of one accelerator's run; it is not part of the
-accelerator's ``state_dict`` (a resumed run starts again from the configured horizon).
+The scale is state of the rule instance, i.e. of one accelerator's run; it travels in the
+accelerator's ``state_dict``, so a resumed run continues from the horizon it had reached.
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ class Adaptive(FallbackRule):
             ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and in_range(value)
             require(ok, self, name, value, hint)
             p[name] = float(value)
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"scale": self.scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        self.scale = float(state["scale"])
 
     def current_horizon(self, configured: int) -> int:
         """The horizon the next jump will try, for a configured horizon of ``configured`` steps."""

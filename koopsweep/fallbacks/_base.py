@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from koopsweep._params import Configurable
 
@@ -92,3 +92,11 @@ class FallbackRule(Configurable, abc.ABC):
     @abc.abstractmethod
     def decide(self, jump: JumpProposal) -> Decision:
         """Return the parameters to keep, or `Decision.reject(reason)`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the rule has learned during a run (JSON-safe), saved with the accelerator's state so a
+        resumed run continues exactly; nothing by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved."""
