@@ -9,7 +9,7 @@ drift in the machine's load spreads over all modes.
 
 Two figures per mode:
 - **tracking s**: the wall-clock spent inside koopsweep's tracking calls during the trial (starting
-  and ending its run, params, metrics, curves, baseline runs, figures), timed directly. The overhead is
+  and ending its run, params, metrics, curves, baseline runs, the eigenvalues file), timed directly. The overhead is
   the median over tracked trials of tracking s / (trial s - tracking s): both parts of one trial, timed
   under the same load, so it does not drown in the load's drift between trials.
 - **end to end**: the median of the paired differences (tracked trial - untracked trial of the same
@@ -150,8 +150,8 @@ def main() -> None:
         paired = [(w - off) / off for w, off in zip(walls[mode], walls["off"])]
         actions: dict[str, float] = {}
         for outer, nested in zip(spent[mode], inner[mode]):
-            # "log the trial" less its tracking calls: rendering figures, building summaries.
-            outer = {**outer, "log the trial (rest: figures, summaries)": outer.get("log the trial", 0.0) - sum(nested.values())}
+            # "log the trial" less its tracking calls: building summaries.
+            outer = {**outer, "log the trial (rest: summaries)": outer.get("log the trial", 0.0) - sum(nested.values())}
             outer.pop("log the trial", None)
             for action, seconds in {**outer, **nested}.items():
                 actions[action] = actions.get(action, 0.0) + seconds / len(spent[mode])

@@ -2,8 +2,8 @@
 
 Optuna draws what it knows about (the optimization history, parameter importances, the Pareto front)
 with `optuna.visualization.matplotlib`. The best trial's loss against wall-clock and its fitted
-eigenvalues come from data Optuna never sees: its MLflow run carries both as figures, drawn when the
-trial ran, and they are copied from there. The page is one file with its style inline and the figures
+eigenvalues come from data Optuna never sees: they are drawn here from its MLflow runs (the loss
+curves are metrics of the trial's and its baselines' runs, the eigenvalues a small JSON artifact). The page is one file with its style inline and the figures
 referenced by relative path, so the folder can be copied, archived or served as it is.
 
 Tracking is optional for a report: when MLflow is unreachable or holds no run for the trial, the Optuna
@@ -16,7 +16,6 @@ import datetime
 import html
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from koopsweep.tracking import ROLE_TAG, mask_uri
 HISTORY = "history.png"
 IMPORTANCES = "importances.png"
 PARETO = "pareto_front.png"
-LOSS = "loss_vs_time.png"  # the artifact names `reporting.log_trial` gives a trial's figures
+LOSS = "loss_vs_time.png"  # the best trial's figures, drawn from its MLflow runs
 EIGENVALUES = "eigenvalues.png"
 INDEX = "index.html"
 
@@ -211,7 +210,9 @@ def _unreachable(uri: str) -> str | None:
 
 
 def _trial_figures(study, spec, trial, report: Report) -> None:
-    """Copy the best trial's loss and eigenvalue figures from its MLflow run into the report."""
+    """Draw the best trial's loss and eigenvalue figures from what its MLflow runs hold: the loss curves
+    (metrics of the trial's and its baselines' runs) and the last fit's eigenvalues (a JSON artifact).
+    Trials draw no figure themselves: that would cost a short trial almost half its time."""
     wanted = (LOSS, EIGENVALUES)
     problem = _unreachable(report.tracking_uri)
     if problem:
@@ -220,7 +221,7 @@ def _trial_figures(study, spec, trial, report: Report) -> None:
     shown = mask_uri(report.tracking_uri)
     try:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        # Two small files: a progress bar per download would only clutter the command's output.
+        # One small file: a progress bar for its download would only clutter the command's output.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow.tracking import MlflowClient
 
@@ -238,37 +239,15 @@ def _trial_figures(study, spec, trial, report: Report) -> None:
         report.skipped.update(dict.fromkeys(wanted, reason))
         return
     run, experiment_id = found
-    try:
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    except Exception as exc:
-        artifacts = set()
-        listing_error = f"its artifacts could not be listed ({_error(exc)})"
-    else:
-        listing_error = ""
-    for name in wanted:
-        why = listing_error or f"trial {trial.number}'s MLflow run has no {name} artifact"
-        if name in artifacts:
-            try:
-                _download(client, run.info.run_id, name, report.out_dir / name)
-                report.written.append(report.out_dir / name)
-                continue
-            except Exception as exc:
-                why = f"downloading it from trial {trial.number}'s MLflow run failed ({_error(exc)})"
-        if name == LOSS:
-            # The curves are metrics on the tracking server, so they survive an artifact store that
-            # cannot be read from here (or a figure upload that failed): draw the figure again from them.
-            try:
-                if _redraw_loss(client, experiment_id, run, spec, trial, report.out_dir / name):
-                    report.written.append(report.out_dir / name)
-                    report.notes[name] = f"redrawn from the runs' loss_by_time_ms metric histories ({why})"
-                    continue
-            except Exception as exc:
-                why += f"; redrawing it from the metric histories failed ({_error(exc)})"
-            else:
-                why += "; nor does it have a loss_by_time_ms history to redraw it from"
-        elif name == EIGENVALUES and not listing_error and name not in artifacts:
-            why += " (the trial made no fit, or the figure's upload failed)"
-        report.skipped[name] = why
+    for name, draw in ((LOSS, _draw_loss), (EIGENVALUES, _draw_eigenvalues)):
+        try:
+            why = draw(client, experiment_id, run, spec, trial, report.out_dir / name)
+        except Exception as exc:
+            why = f"drawing it from trial {trial.number}'s MLflow runs failed ({_error(exc)})"
+        if why is None:
+            report.written.append(report.out_dir / name)
+        else:
+            report.skipped[name] = why
 
 
 def _trial_run(client, study, spec, number: int):
@@ -289,18 +268,26 @@ def _trial_run(client, study, spec, number: int):
     return (runs[0], experiment.experiment_id) if runs else None
 
 
-def _download(client, run_id: str, name: str, dest: Path) -> None:
+def _draw_eigenvalues(client, experiment_id: str, run, spec, trial, dest: Path) -> str | None:
+    """The last fit's eigenvalues on the unit circle, from the trial run's JSON artifact; None when drawn,
+    else why not."""
+    if reporting.EIGENVALUES_FILE not in {a.path for a in client.list_artifacts(run.info.run_id)}:
+        return f"trial {trial.number}'s MLflow run has no {reporting.EIGENVALUES_FILE} (the trial made no fit, or its upload failed)"
     with tempfile.TemporaryDirectory(prefix="koopsweep-report-") as tmp:
-        local = client.download_artifacts(run_id, name, tmp)
-        shutil.copyfile(local, dest)
+        with open(client.download_artifacts(run.info.run_id, reporting.EIGENVALUES_FILE, tmp), encoding="utf-8") as handle:
+            pairs = json.load(handle)["eigenvalues"]
+    variant = trial.params.get("variant", "")
+    figure = plots.eigenvalues_on_circle([complex(re, im) for re, im in pairs], f"trial {trial.number}: {variant}")
+    plots.save(figure, dest)
+    return None
 
 
-def _redraw_loss(client, experiment_id: str, run, spec, trial, dest: Path) -> bool:
-    """Draw the loss figure as `reporting.log_trial` does (the first seed, its baselines, the primary
-    baseline's target) from the metric histories. False when the trial's run has no curve."""
+def _draw_loss(client, experiment_id: str, run, spec, trial, dest: Path) -> str | None:
+    """The first seed's loss against training time, the accelerated run beside its baselines and the
+    primary baseline's target, from the runs' metric histories; None when drawn, else why not."""
     curve = sorted(client.get_metric_history(run.info.run_id, "loss_by_time_ms"), key=lambda m: m.step)
     if not curve:
-        return False
+        return f"trial {trial.number}'s MLflow run has no loss_by_time_ms history to draw it from"
     seed = spec.seeds[0]
     series = [(f"koopman-{spec.optimizer}", [m.step / 1000 for m in curve], [m.value for m in curve], True)]
     query = (
@@ -322,7 +309,7 @@ def _redraw_loss(client, experiment_id: str, run, spec, trial, dest: Path) -> bo
     )  # fmt: skip
     variant = trial.params.get("variant", "")
     plots.save(plots.loss_curves(series, f"trial {trial.number}: {variant}", target), dest)
-    return True
+    return None
 
 
 def _error(exc: BaseException) -> str:

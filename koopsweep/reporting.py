@@ -7,8 +7,10 @@ from typing import Any
 
 from koopsweep.measure import format_speedup, median
 
-#: At most this many eigenvalues go into a plot (node operators can have thousands).
+#: At most this many eigenvalues are logged for the plot (node operators can have thousands).
 MAX_PLOTTED_EIGENVALUES = 4000
+#: The artifact of a trial's run that holds the first seed's last-fit eigenvalues as ``[re, im]`` pairs.
+EIGENVALUES_FILE = "eigenvalues.json"
 
 
 def trial_summary(measurement, spec) -> dict[str, Any]:
@@ -44,8 +46,7 @@ def run_curves(run) -> dict[str, list[tuple[int, float, int]]]:
 
 
 def log_trial(objective, trial, run_id: str, measurement) -> None:
-    """Params, metrics, curves and figures of one trial, plus a child run per baseline run."""
-    from koopsweep import plots
+    """Params, metrics, curves and the last fit's eigenvalues of one trial, plus a child run per baseline run."""
     from koopsweep.sweep import environment_params
 
     tracker, spec = objective.tracker, objective.spec
@@ -99,21 +100,12 @@ def log_trial(objective, trial, run_id: str, measurement) -> None:
                          "seconds_per_step": baseline.seconds_per_step, **_median_metrics([baseline])},
                 curves=run_curves(baseline))  # fmt: skip
         guarded("end a baseline run", tracker.finish, child, "FINISHED")
-    same_seed = [r for r in measurement.baseline_runs if r.seed == first.seed]
-    target = next((c.target_loss for c in primary if c.seed == first.seed), None)
-    figures = {
-        "loss_vs_time.png": plots.loss_vs_time(
-            [first, *same_seed], f"trial {trial.number}: {measurement.config.variant}", target
-        )
-    }
+    # No figure is drawn here: drawing and uploading PNGs cost almost half of a short trial. The loss
+    # curves are metrics already, and the last fit's eigenvalues go as one small JSON file;
+    # `koopsweep study report` draws both figures from them.
     if first.eigenvalues:
-        eigenvalues = first.eigenvalues[:MAX_PLOTTED_EIGENVALUES]
-        figures["eigenvalues.png"] = plots.eigenvalues_on_circle(eigenvalues, "last fit's eigenvalues")
-    try:
-        guarded("log the trial's figures", tracker.log_figures, run_id, figures)
-    finally:
-        for fig in figures.values():
-            plots.close(fig)
+        pairs = [[z.real, z.imag] for z in first.eigenvalues[:MAX_PLOTTED_EIGENVALUES]]
+        guarded("log the last fit's eigenvalues", tracker.log_json, run_id, {"eigenvalues": pairs}, EIGENVALUES_FILE)
 
 
 def _median_metrics(runs) -> dict[str, float | None]:

@@ -196,14 +196,9 @@ class Tracker:
             chunk_metrics, metric_items = metric_items[:room], metric_items[room:]
             self.client.log_batch(run_id, metrics=chunk_metrics, params=chunk_params)
 
-    def log_figures(self, run_id: str, figures: Mapping[str, Any]) -> None:
-        """Matplotlib figures as PNG artifacts of a run, uploaded in one call."""
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="koopsweep-figures-") as folder:
-            for name, figure in figures.items():
-                figure.savefig(os.path.join(folder, name), format="png")
-            self.client.log_artifacts(run_id, folder)
+    def log_json(self, run_id: str, data: Mapping[str, Any], name: str) -> None:
+        """A small JSON artifact of a run, in one call."""
+        self.client.log_dict(run_id, dict(data), name)
 
     # ---------------------------------------------------------------- safety
     def guarded(self, action: str, fn, *args, **kwargs) -> Any:

@@ -93,11 +93,13 @@ def test_report_of_a_real_study(single, tmp_path):
     trials = _trials(storage)
     best = max((t for t in trials if t.values), key=lambda t: t.values[0])
     assert listing["best_trial"] == best.number
-    # The loss and eigenvalue figures are the best trial's own MLflow artifacts, byte for byte.
+    # Trials draw no figure (that is report time): the best trial's run holds its curves as metrics and
+    # the last fit's eigenvalues as a small JSON file, and no PNG.
     run_id = best.user_attrs["mlflow_run_id"]
-    for name in TRACKED_FIGURES:
-        [artifact] = folder.glob(f"mlruns/*/{run_id}/artifacts/{name}")
-        assert (out / name).read_bytes() == artifact.read_bytes()
+    [eigenvalues] = folder.glob(f"mlruns/*/{run_id}/artifacts/eigenvalues.json")
+    pairs = json.loads(eigenvalues.read_text())["eigenvalues"]
+    assert pairs and all(len(pair) == 2 for pair in pairs)
+    assert not list(folder.glob(f"mlruns/*/{run_id}/artifacts/*.png"))
 
     page = (out / "index.html").read_text()
     for name in (*OPTUNA_FIGURES, *TRACKED_FIGURES):
@@ -143,21 +145,20 @@ def test_tracking_unavailable_still_writes_the_optuna_figures(single, tmp_path, 
     assert not (tmp_path / "nowhere").exists()  # a report never creates a tracking store
 
 
-def test_loss_figure_is_redrawn_from_metric_histories_without_its_artifact(single, tmp_path):
+def test_a_trial_run_without_its_eigenvalues_file_still_gets_its_loss_figure(single, tmp_path):
     folder, storage = single
     best = max((t for t in _trials(storage) if t.values), key=lambda t: t.values[0])
-    [artifact] = folder.glob(f"mlruns/*/{best.user_attrs['mlflow_run_id']}/artifacts/loss_vs_time.png")
+    [artifact] = folder.glob(f"mlruns/*/{best.user_attrs['mlflow_run_id']}/artifacts/eigenvalues.json")
     hidden = artifact.with_name("hidden.bin")
-    artifact.rename(hidden)  # as if the figure's upload had failed; the metrics are still there
+    artifact.rename(hidden)  # as if its upload had failed; the metrics are still there
     try:
         out = tmp_path / "report"
         _, listing = _report(storage, out)
     finally:
         hidden.rename(artifact)
-    assert listing["skipped"] == [] and _is_png(out / "loss_vs_time.png")
-    notes = {n["figure"]: n["note"] for n in listing["notes"]}
-    assert "no loss_vs_time.png artifact" in notes["loss_vs_time.png"]
-    assert "redrawn from the runs&#x27; loss_by_time_ms metric histories" in (out / "index.html").read_text()
+    assert _is_png(out / "loss_vs_time.png") and not (out / "eigenvalues.png").exists()
+    [skipped] = listing["skipped"]
+    assert skipped["figure"] == "eigenvalues.png" and "has no eigenvalues.json" in skipped["reason"]
 
 
 def test_a_two_objective_study_gets_a_pareto_front(pareto, tmp_path):
