@@ -330,60 +330,31 @@ def _run_workers(study_obj, spec, url, expected: int, n_trials: int | None, unti
         raise KoopsweepError(f"{len(failed)} of {len(workers)} workers failed (exit codes {failed}); see their messages above")
 
 
-def _print_summary(study_obj, spec, *, as_json: bool) -> None:
+def _print_summary(study_obj, spec, *, as_json: bool, wide: bool = False) -> None:
+    import shutil
+
     from koopsweep import reporting
 
     summary = reporting.study_summary(study_obj, spec)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary["trials_by_state"].items())) or "no trials"
-    untuned = summary["untuned_lrs"]
-    caption = "speedup: baseline time to its final loss / accelerated time to the same loss, median over seeds"
-    if untuned:
-        caption += f"\n* untuned: {spec.task} has no tuned rate for {', '.join(untuned)}, so its default_lr ran"
-    table = Table(title=f"study {spec.name} ({spec.task}, inner {spec.optimizer}): {states}", caption=caption)
-    table.add_column("trial", no_wrap=True)
-    table.add_column("variant", no_wrap=True)
-    for column in (*[f"vs {b}{'*' if b in untuned else ''}" for b in spec.baselines], "accepted", "fit/step"):
-        table.add_column(column)
-    table.add_column("parameters", overflow="fold", ratio=1)
-    for row in summary["best_trials"]:
-        # The variant's own parameters are named "<variant>.<param>": show them without the prefix.
-        params = ", ".join(
-            f"{k.removeprefix(str(row['variant']) + '.')}={_short(v)}" for k, v in row["params"].items() if k != "variant"
-        )
-        accepted = row.get("acceptance_rate")
-        fit = row.get("fit_over_step")
-        table.add_row(
-            str(row["number"]),
-            str(row["variant"]),
-            *[reporting.speedup_cell(row, b) for b in spec.baselines],
-            f"{accepted:.0%}" if accepted is not None else "-",
-            f"{fit:.2f}" if fit is not None else "-",
-            params,
-        )
-    Console().print(table)
-
-
-def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    width = shutil.get_terminal_size((80, 24)).columns  # honours COLUMNS
+    click.echo("\n".join(reporting.summary_lines(summary, width=width, wide=wide)))
 
 
 @study.command("show")
 @click.argument("name")
 @STORAGE_OPTION
 @JSON_OPTION
-def study_show(name: str, storage: str | None, as_json: bool) -> None:
-    """The best trials of study NAME with their speedup over each baseline."""
+@click.option("--wide", is_flag=True, help="Show each trial's parameters in full (default: cut to the terminal's width).")
+def study_show(name: str, storage: str | None, as_json: bool, wide: bool) -> None:
+    """The best trials of study NAME with their speedup over each baseline, and what they say."""
     from koopsweep import sweep
 
     _quiet_optuna()
     study_obj, spec = sweep.load_study(name, sweep.resolve_storage(storage))
-    _print_summary(study_obj, spec, as_json=as_json)
+    _print_summary(study_obj, spec, as_json=as_json, wide=wide)
 
 
 @study.command("report")

@@ -176,3 +176,95 @@ def speedup_cell(row: dict[str, Any], baseline: str) -> str:
     if hits == "0":
         return format_speedup(value, reached=False)
     return f"{value:.2f}x ({reached} reached)"
+
+
+# ------------------------------------------------------------------------------- the study as text
+#: Marks a speedup no seed reached (the figure is then an upper bound), and its footnote.
+NOT_REACHED = "†"
+
+
+def compact_speedup(row: dict[str, Any], baseline: str) -> str:
+    """``2.31x``; ``<0.11x†`` when no seed reached the baseline's loss; ``1.20x (2/3)`` when some did."""
+    value = row.get(f"speedup_vs_{baseline}")
+    if value is None:
+        return "-"
+    hits, _, total = (row.get(f"reached_vs_{baseline}") or "").partition("/")
+    if hits == total:
+        return f"{value:.2f}x"
+    if hits == "0":
+        return f"<{value:.2f}x{NOT_REACHED}"
+    return f"{value:.2f}x ({hits}/{total})"
+
+
+def conclusion(summary: dict[str, Any]) -> str:
+    """What the shown trials say against each baseline, a sentence per baseline."""
+    rows = summary["best_trials"]
+    if not rows:
+        return "No trial has finished yet."
+    parts = []
+    for baseline in summary["baselines"]:
+        scored = [r for r in rows if r.get(f"speedup_vs_{baseline}") is not None]
+        if not scored:
+            continue
+        best = max(scored, key=lambda r: r[f"speedup_vs_{baseline}"])
+        value = best[f"speedup_vs_{baseline}"]
+        hits = (best.get(f"reached_vs_{baseline}") or "0/").partition("/")[0]
+        who = f"trial {best['number']} ({best['variant']})"
+        if hits == "0":
+            parts.append(f"Against {baseline}: no trial gets down to its final loss.")
+        elif value > 1:
+            parts.append(f"Against {baseline}: {who} reaches its loss {value:.2f}x sooner.")
+        else:
+            parts.append(f"Against {baseline}: no trial is faster (best: {who}, {value:.2f}x).")
+    return " ".join(parts) or "No trial has a speedup yet."
+
+
+def summary_lines(summary: dict[str, Any], width: int = 80, wide: bool = False) -> list[str]:
+    """`koopsweep study show` as lines of at most ``width`` characters: one line per trial, its
+    parameters on the line under it (cut to the width unless ``wide``), footnotes and a conclusion."""
+    import textwrap
+
+    baselines, untuned = summary["baselines"], summary["untuned_lrs"]
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary["trials_by_state"].items())) or "no trials"
+    header = ["trial", "variant", *[f"vs {b}{'*' if b in untuned else ''}" for b in baselines], "accepted", "fit/step"]
+    table = [header]
+    for row in summary["best_trials"]:
+        accepted, fit = row.get("acceptance_rate"), row.get("fit_over_step")
+        table.append([
+            str(row["number"]), str(row["variant"]), *[compact_speedup(row, b) for b in baselines],
+            "-" if accepted is None else f"{accepted:.0%}", "-" if fit is None else f"{fit:.2f}",
+        ])  # fmt: skip
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = [f"study {summary['study']} ({summary['task']}, inner {summary['optimizer']}): {states}", ""]
+    for i, cells in enumerate(table):
+        lines.append("  ".join(c.rjust(w) if j in (0,) else c.ljust(w) for j, (c, w) in enumerate(zip(cells, widths))).rstrip())
+        if i:
+            row = summary["best_trials"][i - 1]
+            # The variant's own parameters are named "<variant>.<param>": shown without the prefix.
+            params = "  " + " ".join(
+                f"{k.removeprefix(str(row['variant']) + '.')}={_short(v)}" for k, v in row["params"].items() if k != "variant"
+            )
+            indent = " " * (widths[0] + 2)
+            text = indent + params.strip()
+            if not wide and len(text) > width:
+                text = text[: width - 1] + "…"
+            lines.append(text)
+    notes = ["speedup: the baseline's time to its final loss / the accelerated run's time to the same loss, median over seeds."]
+    if any(NOT_REACHED in cell for r in table[1:] for cell in r):
+        notes.append(
+            f"{NOT_REACHED} not reached: the accelerated run never got down to that baseline's final loss within "
+            "cap_factor times the baseline's steps and time, so the figure only bounds the speedup. The baseline "
+            "ends lower than this inner optimizer gets: compare against it as the inner optimizer, or raise "
+            "the budget or cap_factor."
+        )
+    if untuned:
+        notes.append(f"* untuned: {summary['task']} has no tuned rate for {', '.join(untuned)}, so its default_lr ran.")
+    lines.append("")
+    for note in notes:
+        lines += textwrap.wrap(note, width)
+    lines += [""] + textwrap.wrap(conclusion(summary), width)
+    return lines
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -41,6 +41,17 @@ def test_create_run_show_and_track(tiny_spec, workdir):
 
     table = invoke("study", "show", "tiny")
     assert "vs adam" in table.stdout and "vs adadelta" in table.stdout
+    # In an 80-column terminal: every line fits, each trial's parameters on the line under it, what a
+    # "not reached" means in a footnote when one shows, and one conclusion per baseline at the end.
+    narrow = CliRunner().invoke(main, ["study", "show", "tiny"], env={"COLUMNS": "80"}).stdout.splitlines()
+    assert all(len(line) <= 80 for line in narrow), [line for line in narrow if len(line) > 80]
+    rows = [i for i, line in enumerate(narrow) if line.split()[:1] in (["0"], ["1"])]
+    assert len(rows) == 2 and all("window=" in narrow[i + 1] for i in rows)
+    if "†" in "".join(narrow[i] for i in rows):
+        assert any(line.startswith("† not reached") for line in narrow)
+    assert "Against adam:" in table.stdout and "Against adadelta:" in table.stdout.replace("\n", " ")
+    wide = CliRunner().invoke(main, ["study", "show", "tiny", "--wide"], env={"COLUMNS": "40"}).stdout
+    assert "fallback=verify" in wide and "…" not in wide
 
     # Optuna's own CLI reads the study koopsweep wrote.
     out = subprocess.run(
