@@ -266,7 +266,11 @@ def _progress_bar():
 def _best_label(study_obj, spec) -> str:
     from koopsweep.measure import format_speedup
 
-    values = [t.values[0] for t in study_obj.get_trials(deepcopy=False) if t.values]
+    import optuna
+
+    # Complete trials only: Optuna gives a pruned trial its last intermediate value, which is no result.
+    complete = study_obj.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    values = [t.values[0] for t in complete if t.values]
     return f"best speedup vs {spec.primary_baseline}: {format_speedup(max(values))}" if values else ""
 
 
