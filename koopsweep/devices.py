@@ -78,3 +78,21 @@ class Stopwatch:
             return self._elapsed
         synchronize(self.device)
         return self._elapsed + time.perf_counter() - self._started
+
+
+def environment(device: torch.device) -> dict[str, str | int]:
+    """Where a measurement ran, for its records: the device, the versions that shape its numbers, the host."""
+    import platform
+
+    import optuna
+
+    return {
+        "device": str(device),
+        "device_name": device_label(device),
+        "gpu_name": device_label(device) if device.type == "cuda" else "none",
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "optuna_version": optuna.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }

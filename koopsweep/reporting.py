@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from koopsweep.measure import format_speedup, median
@@ -45,28 +46,36 @@ def run_curves(run) -> dict[str, list[tuple[int, float, int]]]:
     return {"loss": by_step, "loss_by_time_ms": by_time}
 
 
-def log_trial(objective, trial, run_id: str, measurement) -> None:
-    """Params, metrics, curves and the last fit's eigenvalues of one trial, plus a child run per baseline run."""
-    from koopsweep.sweep import environment_params
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one worker logs beside its own measurement (built once by the sweep)."""
 
-    tracker, spec = objective.tracker, objective.spec
+    spec: Any  # StudySpec
+    budget: int
+    lr: float  # the inner optimizer's
+    schedule: str  # Schedule.describe()
+    environment: dict[str, Any]  # koopsweep.devices.environment
+    task_facts: dict[str, str]  # Task.data_facts
+    parent_run_id: str | None
+
+
+def log_trial(tracker, context: TrialContext, number: int, run_id: str, measurement) -> None:
+    """Params, metrics, curves and the last fit's eigenvalues of trial ``number`` (its run ``run_id``),
+    plus a child run per baseline run; ``measurement`` is the sweep's record of what the trial measured."""
+    spec, environment = context.spec, context.environment
     guarded = tracker.guarded
-    environment = {
-        **environment_params(objective.device),
-        "gpu_name": objective.device_name if objective.device.type == "cuda" else "none",
-    }
     params = {
         "task": spec.task,
         "optimizer": spec.optimizer,
-        "lr": spec.lr or objective.lr(spec.optimizer),
-        "budget": objective.budget,
+        "lr": context.lr,
+        "budget": context.budget,
         "seed": ",".join(map(str, spec.seeds)),  # the trial's seeds; a baseline run has one
         "variant": measurement.config.variant,
-        "schedule": objective.schedule.describe(),
+        "schedule": context.schedule,
         **measurement.config.flat_params(),
         **{f"{spec.optimizer}.{k}": v for k, v in measurement.optimizer_params.items()},
         **{f"task.{k}": v for k, v in spec.task_params.items()},
-        **{f"task.data.{k}": v for k, v in objective.task.data_facts().items()},
+        **{f"task.data.{k}": v for k, v in context.task_facts.items()},
         **environment,
     }
     summary = trial_summary(measurement, spec)
@@ -84,16 +93,16 @@ def log_trial(objective, trial, run_id: str, measurement) -> None:
         child = guarded(
             "start a baseline run",
             tracker.start_child,
-            objective.parent_run_id,
-            f"trial-{trial.number}-{baseline.optimizer}-seed{baseline.seed}",
+            context.parent_run_id,
+            f"trial-{number}-{baseline.optimizer}-seed{baseline.seed}",
             "baseline",
-            {"koopsweep.trial": str(trial.number), "koopsweep.optimizer": baseline.optimizer},
+            {"koopsweep.trial": str(number), "koopsweep.optimizer": baseline.optimizer},
         )
         if not child:
             continue
         guarded("log a baseline run", tracker.log_run, child,
                 params={"task": spec.task, "optimizer": baseline.optimizer, "lr": baseline.lr,
-                        "seed": baseline.seed, "budget": objective.budget, "schedule": baseline.schedule,
+                        "seed": baseline.seed, "budget": context.budget, "schedule": baseline.schedule,
                         **{f"{baseline.optimizer}.{k}": v for k, v in baseline.optimizer_params.items()},
                         **environment},
                 metrics={"final_loss": baseline.final_loss, "train_time_s": baseline.time_s,

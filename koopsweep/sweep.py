@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from koopsweep import plugins
+from koopsweep import plugins, reporting
 from koopsweep.errors import KoopsweepError, UsageError, redact
 from koopsweep.spec import StudySpec, check_plugins, spec_from_json
 from koopsweep.tracking import Tracker, check_tracking, mask_uri, resolve_tracking_uri  # noqa: F401 (mask_uri re-exported)
@@ -389,7 +389,7 @@ class Objective:
     """Runs one trial: for each seed, the baselines then the accelerated run, paired on one device."""
 
     def __init__(self, spec: StudySpec, device, tracker: Tracker | None, parent_run_id: str | None) -> None:
-        from koopsweep.devices import device_label
+        from koopsweep.devices import device_label, environment
         from koopsweep.training import task_schedule
 
         self.spec = spec
@@ -403,6 +403,10 @@ class Objective:
         self.tracker = tracker
         self.parent_run_id = parent_run_id
         self.device_name = device_label(device)
+        self.context = reporting.TrialContext(
+            spec=spec, budget=self.budget, lr=spec.lr or self.lr(spec.optimizer), schedule=self.schedule.describe(),
+            environment=environment(device), task_facts=self.task.data_facts(), parent_run_id=parent_run_id,
+        )  # fmt: skip
 
     def lr(self, optimizer: str) -> float:
         """The task's tuned rate for ``optimizer``, else its plugin's default (see `untuned`)."""
@@ -418,8 +422,6 @@ class Objective:
         return [name for name in names if not learning_rate(self.task, name)[1]]
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        from koopsweep import reporting
-
         # Which process ran it: a trial that is later failed as stale names its dead worker.
         trial.set_user_attr("worker", worker_label(os.getpid()))
         import torch
@@ -451,7 +453,9 @@ class Objective:
                 trial.set_user_attr(key, value)
             status = "FINISHED"
             if trial_run:  # tracking must never cost a measured result
-                self.tracker.guarded("log the trial", reporting.log_trial, self, trial, trial_run, measurement)
+                self.tracker.guarded(
+                    "log the trial", reporting.log_trial, self.tracker, self.context, trial.number, trial_run, measurement
+                )  # fmt: skip
             return values
         except (optuna.TrialPruned, KeyboardInterrupt):  # pruned or interrupted: MLflow's KILLED
             status = "KILLED"
@@ -533,22 +537,6 @@ class Objective:
 
 
 # ---------------------------------------------------------------------------------------- runs
-def environment_params(device) -> dict[str, str]:
-    import torch
-
-    from koopsweep.devices import device_label
-
-    return {
-        "device": str(device),
-        "device_name": device_label(device),
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "optuna_version": optuna.__version__,
-        "python": platform.python_version(),
-        "host": platform.node(),
-    }
-
-
 def retried_numbers(trials) -> set[int]:
     """Numbers of the trials that were failed as stale and queued again: each is replaced by its retry,
     so it does not count towards the study's trials."""
