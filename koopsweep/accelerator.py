@@ -36,15 +36,16 @@ import torch
 
 from koopsweep.errors import ParameterError, PluginValidationError, UsageError
 from koopsweep.fallbacks._base import Decision, FallbackRule
+from koopsweep.knobs import KNOBS
 from koopsweep.variants._base import Variant
 
 __all__ = ["AcceleratorStats", "KoopmanAccelerator"]
 
 Closure = Callable[[], Any]
 
-RESET_STATES = ("keep", "reset")
+RESET_STATES = KNOBS["reset_state"].choices
 #: What a snapshot holds: the iterate at the end of its ``stride`` block, or the mean of the block's iterates.
-SNAPSHOT_MODES = ("last", "mean")
+SNAPSHOT_MODES = KNOBS["snapshot"].choices
 
 #: At most this many eigenvalues (the largest in modulus) are kept in ``stats.last_eigenvalues``.
 MAX_EIGENVALUES_KEPT = 256
@@ -133,6 +134,14 @@ class AcceleratorStats:
 
 # ---------------------------------------------------------------------------------------------------------
 # option validation
+
+
+def _knob(name: str, value: Any) -> Any:
+    """A shared knob's value, checked as `koopsweep.knobs` defines it."""
+    problem = KNOBS[name].problem(value)
+    if problem:
+        raise ParameterError(f"KoopmanAccelerator: {name}={value!r} is invalid; {problem}")
+    return int(value) if KNOBS[name].is_int else value
 
 
 def _int_option(name: str, value: Any, minimum: int, hint: str = "") -> int:
@@ -246,35 +255,27 @@ class KoopmanAccelerator:
         optimizer: torch.optim.Optimizer,
         variant: str | Variant = "dmd-global",
         *,
-        window: int = 16,
-        horizon: int = 100,
-        fallback: str | FallbackRule = "verify",
+        window: int = KNOBS["window"].default,
+        horizon: int = KNOBS["horizon"].default,
+        fallback: str | FallbackRule = KNOBS["fallback"].default,
         fallback_params: dict[str, Any] | None = None,
-        stride: int = 1,
-        snapshot: str = "last",
-        burn_in: int = 0,
-        backoff: int = 0,
-        reset_state: str = "keep",
+        stride: int = KNOBS["stride"].default,
+        snapshot: str = KNOBS["snapshot"].default,
+        burn_in: int = KNOBS["burn_in"].default,
+        backoff: int = KNOBS["backoff"].default,
+        reset_state: str = KNOBS["reset_state"].default,
         max_jump_ratio: float | None = None,
         explode_ratio: float = 1e3,
         **variant_params: Any,
     ) -> None:
         _check_optimizer(optimizer)
         self.optimizer = optimizer
-        self._horizon = _int_option("horizon", horizon, 1)
-        self._stride = _int_option("stride", stride, 1)
-        self._burn_in = _int_option("burn_in", burn_in, 0)
-        self._backoff = _int_option("backoff", backoff, 0)
-        if reset_state not in RESET_STATES:
-            raise ParameterError(
-                f"KoopmanAccelerator: reset_state={reset_state!r} is invalid; expected one of {', '.join(RESET_STATES)}"
-            )
-        self._reset_state = reset_state
-        if snapshot not in SNAPSHOT_MODES:
-            raise ParameterError(
-                f"KoopmanAccelerator: snapshot={snapshot!r} is invalid; expected one of {', '.join(SNAPSHOT_MODES)}"
-            )
-        self._snapshot = snapshot
+        self._horizon = _knob("horizon", horizon)
+        self._stride = _knob("stride", stride)
+        self._burn_in = _knob("burn_in", burn_in)
+        self._backoff = _knob("backoff", backoff)
+        self._reset_state = _knob("reset_state", reset_state)
+        self._snapshot = _knob("snapshot", snapshot)
         self._max_jump_ratio = _ratio_option("max_jump_ratio", max_jump_ratio, allow_none=True)
         self._explode_ratio = _ratio_option("explode_ratio", explode_ratio, allow_none=False)
         self.variant = _build_variant(variant, variant_params)

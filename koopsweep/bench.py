@@ -19,10 +19,11 @@ from typing import Any
 from koopsweep import plugins
 from koopsweep.devices import device_label, resolve_device
 from koopsweep.errors import UsageError
+from koopsweep.knobs import KNOBS
 from koopsweep.measure import compare, iqr, median, target_loss
 from koopsweep.training import KoopmanConfig, TrainingRun, learning_rate, task_schedule, train
 
-SHARED_KEYS = ("window", "horizon", "fallback", "stride", "snapshot", "burn_in", "backoff", "reset_state", "check_batches")
+SHARED_KEYS = tuple(KNOBS)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import sys
 import click
 
 from koopsweep.errors import KoopsweepError, redact
+from koopsweep.knobs import KNOBS
 
 
 def _one_line(text: str) -> str:
@@ -449,9 +450,8 @@ def _parse_param(text: str) -> tuple[str, object]:
 @click.argument("task")
 @click.option("--variant", default="dmd-global", show_default=True, help="The Koopman variant to measure.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="A variant parameter, a shared knob (window, horizon, fallback, stride, snapshot, "
-                   "burn_in, backoff, reset_state, check_batches), RULE.KEY for the fallback rule, OPTIMIZER.KEY "
-                   "for an optimizer (both sides of the pair) or task.KEY for the task. Repeatable.")
+              help=f"A variant parameter, a shared knob ({', '.join(KNOBS)}), RULE.KEY for the fallback rule, "
+                   "OPTIMIZER.KEY for an optimizer (both sides of the pair) or task.KEY for the task. Repeatable.")
 @click.option("--optimizer", "optimizers", multiple=True, metavar="NAME",
               help="Inner optimizer and baseline: any installed optimizer plugin (koopsweep plugins list "
                    "--group optimizers). Repeatable (default: the task's own, e.g. adam or adamw).")

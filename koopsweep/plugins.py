@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from koopsweep.errors import PluginLoadError, PluginNotFoundError, PluginValidationError
+from koopsweep.knobs import KNOBS
 
 #: Set to 1 to load only koopsweep's own built-ins (third-party entry points are ignored). Empty, 0,
 #: false, no and off leave autoloading on.
@@ -28,10 +29,9 @@ _AUTOLOAD_ON = ("", "0", "false", "no", "off")
 
 #: Parameter names that belong to the framework (the accelerator, the sweep, the training run). A
 #: plugin may not use them, or a spec could not tell whose parameter it sets.
-RESERVED_PARAMETERS = frozenset(
+RESERVED_PARAMETERS = frozenset(KNOBS) | frozenset(
     {
-        "variant", "window", "horizon", "fallback", "fallback_params", "stride", "snapshot", "burn_in", "backoff",
-        "reset_state", "check_batches", "max_jump_ratio", "explode_ratio", "optimizer", "optimizer_params", "lr",
+        "variant", "fallback_params", "max_jump_ratio", "explode_ratio", "optimizer", "optimizer_params", "lr",
         "seed", "budget", "device", "task", "time_cap", "schedule", "warmup",
     }
 )  # fmt: skip

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from koopsweep.errors import SpecError, redact
+from koopsweep.knobs import KNOBS
 from koopsweep.schedules import SCHEDULES
 
 SAMPLERS = ("tpe", "random", "gp", "nsga2")
@@ -26,17 +27,12 @@ PRUNERS = ("median", "percentile", "hyperband", "threshold", "none")
 OBJECTIVES = ("speedup", "speedup-and-gap")
 TARGETS = ("final", "relative")
 
-#: The shared (framework) knobs a spec may search, with their defaults when the spec says nothing.
+#: The shared knobs a spec may search (`koopsweep.knobs.KNOBS`) and what it searches when it says
+#: nothing: a range of windows and horizons, every other knob at its default.
 SEARCH_DEFAULTS: dict[str, Any] = {
+    **{name: knob.default for name, knob in KNOBS.items()},
     "window": {"low": 8, "high": 32, "step": 4},
     "horizon": {"low": 10, "high": 500, "log": True},
-    "fallback": "verify",
-    "stride": 1,
-    "snapshot": "last",
-    "burn_in": 0,
-    "backoff": 0,
-    "reset_state": "keep",
-    "check_batches": 0,
 }
 
 
@@ -225,29 +221,16 @@ def _search_field(check: _Checker, name: str, raw: Any) -> SearchField:
 
 
 def _check_search_values(check: _Checker, search: dict[str, SearchField]) -> None:
-    """Range checks on the shared knobs' possible values."""
-    positive_ints = {"window": 3, "horizon": 1, "stride": 1}
-    for name, minimum in positive_ints.items():
+    """Every value a shared knob can take, checked as `koopsweep.knobs` defines it (ranges only for
+    integer knobs; a fallback rule's name is checked against the installed ones by `check_plugins`)."""
+    for name, knob in KNOBS.items():
         f = search[name]
-        candidates = f.values() + [v for v in (f.low, f.high) if v is not None]
-        for v in candidates:
-            if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-                check.fail(f"search.{name}", f"values must be integers >= {minimum}, got {v!r}")
-    for name in ("burn_in", "backoff", "check_batches"):
-        f = search[name]
-        for v in f.values() + [v for v in (f.low, f.high) if v is not None]:
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                check.fail(f"search.{name}", f"values must be integers >= 0, got {v!r}")
-    for name in ("fallback", "reset_state", "snapshot"):
-        f = search[name]
-        if f.low is not None:
+        if f.low is not None and not knob.is_int:
             check.fail(f"search.{name}", "takes a name or a list of names, not a range")
-    for v in search["reset_state"].values():
-        if v not in ("keep", "reset"):
-            check.fail("search.reset_state", f"{v!r} is not one of keep, reset")
-    for v in search["snapshot"].values():
-        if v not in ("last", "mean"):
-            check.fail("search.snapshot", f"{v!r} is not one of last, mean")
+        for v in f.values() + [v for v in (f.low, f.high) if v is not None]:
+            problem = knob.problem(v)
+            if problem:
+                check.fail(f"search.{name}", f"{v!r} is invalid; {problem}")
 
 
 TOP_LEVEL = {

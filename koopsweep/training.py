@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from koopsweep.devices import Stopwatch
+from koopsweep.errors import UsageError
+from koopsweep.knobs import ACCELERATOR_KNOBS, KNOBS
 from koopsweep.optimizers._base import OptimizerPlugin
 from koopsweep.schedules import Schedule
 from koopsweep.tasks._base import Task
@@ -60,33 +62,29 @@ class KoopmanConfig:
 
     variant: str
     variant_params: dict[str, Any] = field(default_factory=dict)
-    window: int = 16
-    horizon: int = 100
-    fallback: str = "verify"
     fallback_params: dict[str, Any] = field(default_factory=dict)
-    stride: int = 1
-    snapshot: str = "last"
-    burn_in: int = 0
-    backoff: int = 0
-    reset_state: str = "keep"
+    # The shared knobs (`koopsweep.knobs.KNOBS`, which defines their defaults and valid values).
+    window: int = KNOBS["window"].default
+    horizon: int = KNOBS["horizon"].default
+    fallback: str = KNOBS["fallback"].default
+    stride: int = KNOBS["stride"].default
+    snapshot: str = KNOBS["snapshot"].default
+    burn_in: int = KNOBS["burn_in"].default
+    backoff: int = KNOBS["backoff"].default
+    reset_state: str = KNOBS["reset_state"].default
     # > 0: jumps are judged by the mean loss on this many fixed training batches, drawn once from a
     # stream seeded apart from the training one, instead of on the step's own minibatch.
-    check_batches: int = 0
+    check_batches: int = KNOBS["check_batches"].default
+
+    def __post_init__(self) -> None:
+        for name, knob in KNOBS.items():
+            problem = knob.problem(getattr(self, name))
+            if problem:
+                raise UsageError(f"{name}={getattr(self, name)!r} is invalid; {problem} ({knob.doc})")
 
     def accelerator_kwargs(self) -> dict[str, Any]:
-        return dict(
-            variant=self.variant,
-            window=self.window,
-            horizon=self.horizon,
-            fallback=self.fallback,
-            fallback_params=dict(self.fallback_params),
-            stride=self.stride,
-            snapshot=self.snapshot,
-            burn_in=self.burn_in,
-            backoff=self.backoff,
-            reset_state=self.reset_state,
-            **self.variant_params,
-        )
+        knobs = {name: getattr(self, name) for name in ACCELERATOR_KNOBS}
+        return dict(variant=self.variant, fallback_params=dict(self.fallback_params), **knobs, **self.variant_params)
 
     def flat_params(self) -> dict[str, Any]:
         """One flat dict for logging: shared knobs plus ``<variant>.<param>`` and ``<rule>.<param>``."""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from koopsweep.errors import SpecError
+from koopsweep.errors import SpecError, UsageError
 from koopsweep.spec import load_spec, parse_spec, spec_from_json
 
 MINIMAL = 'name = "s"\ntask = "digits-mlp"\n'
@@ -78,7 +78,7 @@ BAD = [
     (MINIMAL + "[pruner]\nname = 'asha'\n", "'pruner.name'"),
     (MINIMAL + "objective = 'speedup-and-gap'\n", "'pruner.name'"),
     (MINIMAL + "[search]\nwindw = 3\n", "'search.windw'"),
-    (MINIMAL + "[search]\nwindow = 2\n", "'search.window'"),
+    (MINIMAL + "[search]\nwindow = 1\n", "'search.window'"),
     (MINIMAL + "[search]\nwindow = 8.5\n", "'search.window'"),
     (MINIMAL + "[search]\nhorizon = {low = 100, high = 10}\n", "'search.horizon'"),
     (MINIMAL + "[search]\nhorizon = {low = 0, high = 10, log = true}\n", "'search.horizon'"),
@@ -172,3 +172,24 @@ def test_bad_pinned_parameters_name_the_field(tmp_path, text, field):
 
     with pytest.raises(SpecError, match=field):
         check_plugins(load_spec(write(tmp_path, text)))
+
+
+def test_the_shared_knobs_are_defined_once():
+    """KoopmanConfig, the accelerator's defaults, the spec's search table, bench --param and the reserved
+    plugin parameter names all derive from koopsweep.knobs.KNOBS."""
+    import dataclasses
+    import inspect
+
+    from koopsweep import KoopmanAccelerator, plugins
+    from koopsweep.bench import SHARED_KEYS
+    from koopsweep.knobs import ACCELERATOR_KNOBS, KNOBS
+    from koopsweep.spec import SEARCH_DEFAULTS
+    from koopsweep.training import KoopmanConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(KoopmanConfig)}
+    assert {name: fields[name] for name in KNOBS} == {name: knob.default for name, knob in KNOBS.items()}
+    signature = inspect.signature(KoopmanAccelerator).parameters
+    assert {name: signature[name].default for name in ACCELERATOR_KNOBS} == {n: KNOBS[n].default for n in ACCELERATOR_KNOBS}
+    assert set(SEARCH_DEFAULTS) == set(KNOBS) == set(SHARED_KEYS) and set(KNOBS) <= plugins.RESERVED_PARAMETERS
+    with pytest.raises(UsageError, match="stride=0 is invalid; expected an integer >= 1"):
+        KoopmanConfig("dmd-global", stride=0)

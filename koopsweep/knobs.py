@@ -1,0 +1,62 @@
+"""The accelerator's shared knobs, defined once.
+
+`KoopmanConfig`'s fields, the accelerator's argument checks, a study spec's ``[search]`` table,
+``koopsweep bench --param`` and the plugin loader's reserved names all derive from `KNOBS`: adding a
+knob here is the one change that makes every one of them know it. Pure data: nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One shared knob: its default, and what a valid value is (an integer from ``minimum``, one of
+    ``choices``, or else a plugin name)."""
+
+    name: str
+    default: Any
+    doc: str
+    minimum: int | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def is_int(self) -> bool:
+        return self.minimum is not None
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` for this knob ("expected ..."), or None when it is valid."""
+        if self.is_int:
+            if not isinstance(value, Integral) or isinstance(value, bool) or value < self.minimum:
+                return f"expected an integer >= {self.minimum}"
+        elif self.choices is not None:
+            if value not in self.choices:
+                return f"expected one of {', '.join(self.choices)}"
+        elif not isinstance(value, str) or not value:
+            return "expected a plugin name"
+        return None
+
+
+KNOBS: dict[str, Knob] = {
+    knob.name: knob
+    for knob in (
+        Knob("window", 16, "snapshots per fit (at least the variant's min_window)", minimum=2),
+        Knob("horizon", 100, "inner optimizer steps a jump predicts ahead", minimum=1),
+        Knob("fallback", "verify", "the fallback rule that decides what to do with a jump"),
+        Knob("stride", 1, "inner steps between snapshots", minimum=1),
+        Knob("snapshot", "last", "each snapshot is the last iterate of its stride block, or their mean",
+             choices=("last", "mean")),  # fmt: skip
+        Knob("burn_in", 0, "inner steps before the first snapshot", minimum=0),
+        Knob("backoff", 0, "after k rejected jumps in a row, wait 2**min(k, backoff) - 1 windows", minimum=0),
+        Knob("reset_state", "keep", "keep or reset the inner optimizer's state after an accepted jump",
+             choices=("keep", "reset")),  # fmt: skip
+        Knob("check_batches", 0, "judge jumps on this many fixed training batches (0: the step's own)", minimum=0),
+    )
+}
+
+#: The knobs that are `KoopmanAccelerator` arguments (``check_batches`` belongs to the training run,
+#: which draws the batches and hands the accelerator a check).
+ACCELERATOR_KNOBS = tuple(name for name in KNOBS if name != "check_batches")
