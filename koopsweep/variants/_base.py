@@ -11,7 +11,7 @@ Order of calls made by the accelerator::
     variant.min_window()                  # once, to validate the accelerator's window
     loop:
         variant.fit(snapshots)            # a full window, oldest snapshot first
-        variant.predict(h)                # one or more horizons (fallback rules may ask several)
+        variant.predict(k)                # k snapshot steps ahead; one or more (fallback rules may ask several)
         variant.eigenvalues               # optional diagnostics, read after fit
 """
 
@@ -41,8 +41,11 @@ class Variant(Configurable, abc.ABC):
         """Fit to one tensor per parameter tensor, each of shape ``(window, *param.shape)``, oldest first."""
 
     @abc.abstractmethod
-    def predict(self, horizon: int) -> list[torch.Tensor]:
-        """The parameters ``horizon`` optimizer steps after the last snapshot (same shapes, dtypes, devices)."""
+    def predict(self, steps: int) -> list[torch.Tensor]:
+        """The parameters ``steps`` snapshot intervals after the last snapshot (same shapes, dtypes,
+        devices). The unit is the variant's own time step, one snapshot: with a snapshot stride ``s`` the
+        accelerator asks for ``round(h / s)`` (at least 1) to jump ``h`` optimizer steps, and records the
+        jump as ``steps * s`` optimizer steps."""
 
     def min_window(self) -> int:
         """The smallest window this variant can fit with its current parameters."""

@@ -259,8 +259,8 @@ class GlobalDMD(DMDOptions):
         self._shapes = [s.shape[1:] for s in snapshots]
         self._fit = self._fit_blocks(self._blocks)
 
-    def predict(self, horizon: int) -> list[torch.Tensor]:
-        h = check_horizon(self, horizon)
+    def predict(self, steps: int) -> list[torch.Tensor]:
+        h = check_horizon(self, steps)
         if self._fit is None:
             raise _not_fitted(self)
         if h == 0:
@@ -323,8 +323,8 @@ class LayerDMD(DMDOptions):
         grams = torch.stack([self._gram([b]) for b in self._blocks]).cpu()  # one transfer for all tensors
         self._fits = [self._dense_fit(g, int(b.shape[1])) for g, b in zip(grams, self._blocks)]
 
-    def predict(self, horizon: int) -> list[torch.Tensor]:
-        h = check_horizon(self, horizon)
+    def predict(self, steps: int) -> list[torch.Tensor]:
+        h = check_horizon(self, steps)
         if self._fits is None:
             raise _not_fitted(self)
         window = self._blocks[0].shape[0]

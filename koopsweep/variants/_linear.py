@@ -52,8 +52,8 @@ class LinearExtrapolation(Variant):
         self._last = [s[-1] for s in snapshots]
         self._velocity = [(s[-1] - s[-1 - k]) / k for s in snapshots]
 
-    def predict(self, horizon: int) -> list[torch.Tensor]:
-        h = check_horizon(self, horizon)
+    def predict(self, steps: int) -> list[torch.Tensor]:
+        h = check_horizon(self, steps)
         if not self._last:
             raise RuntimeError(f"{type(self).__name__}.predict called before fit")
         return [torch.add(x, v, alpha=h) for x, v in zip(self._last, self._velocity)]

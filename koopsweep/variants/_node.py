@@ -191,8 +191,8 @@ class NodeDMD(Variant):
             modes = node_modes(ops) if self.params["max_eig"] is not None else None
             self._groups[chunk] = (ops, modes, last)
 
-    def predict(self, horizon: int) -> list[torch.Tensor]:
-        h = check_horizon(self, horizon)
+    def predict(self, steps: int) -> list[torch.Tensor]:
+        h = check_horizon(self, steps)
         if not self._groups:
             raise RuntimeError(f"{type(self).__name__}.predict called before fit")
         if h == 0:
