@@ -232,7 +232,7 @@ def test_a_plugin_with_its_parameters_in_init_is_ok_searched_and_logged(install,
     # In a study: its space searched, a pinned value checked against __init__'s arguments.
     spec = workdir / "plain.toml"
     spec.write_text(
-        f'name = "plain"\ntask = "digits-mlp"\nvariants = ["fake-plain"]\nbudget = 30\nn_trials = 1\n'
+        'name = "plain"\ntask = "digits-mlp"\nvariants = ["fake-plain"]\nbudget = 30\nn_trials = 1\n'
         '[search]\nwindow = 4\nhorizon = 8\n[variant_params.fake-plain]\nlookback = 2\n'
     )
     ran = CliRunner().invoke(main, ["study", "run", str(spec)])

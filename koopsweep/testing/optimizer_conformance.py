@@ -92,7 +92,7 @@ def _train(problem: _Problem, optimizer: Any, params: list[torch.Tensor], steps:
     closure = problem.closure(optimizer, params)
     for step in range(steps):
         try:
-            loss = optimizer.step(closure)
+            optimizer.step(closure)
         except Exception as exc:
             raise AssertionError(f"{who}: step {step} raised {type(exc).__name__}: {exc}") from exc
         losses.append(float(problem.loss(params).detach()))

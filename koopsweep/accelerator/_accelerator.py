@@ -24,22 +24,25 @@ Optimizers that call the closure more than once per step (L-BFGS) are not suppor
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from numbers import Integral, Real
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from numbers import Integral
 from typing import Any
 
 import torch
 
+from koopsweep.accelerator._options import (
+    _build_fallback, _build_variant, _check_optimizer, _int_option, _knob, _ratio_option,
+)  # fmt: skip
+from koopsweep.accelerator._proposal import _Proposal
+from koopsweep.accelerator._stats import MAX_EIGENVALUES_KEPT, AcceleratorStats
+from koopsweep.accelerator._tensors import _foreach_copy, _global_norm
 from koopsweep.errors import ParameterError, PluginValidationError, UsageError
 from koopsweep.fallbacks._base import Decision, FallbackRule
 from koopsweep.knobs import KNOBS
 from koopsweep.variants._base import Variant
-
-__all__ = ["AcceleratorStats", "KoopmanAccelerator"]
 
 Closure = Callable[[], Any]
 
@@ -47,170 +50,17 @@ RESET_STATES = KNOBS["reset_state"].choices
 #: What a snapshot holds: the iterate at the end of its ``stride`` block, or the mean of the block's iterates.
 SNAPSHOT_MODES = KNOBS["snapshot"].choices
 
-#: At most this many eigenvalues (the largest in modulus) are kept in ``stats.last_eigenvalues``.
-MAX_EIGENVALUES_KEPT = 256
-
 _STATE_VERSION = 1
 
 
-def _foreach_copy(dst: list[torch.Tensor], src: Sequence[torch.Tensor]) -> None:
-    """``d.copy_(s)`` for each pair; one fused call where torch has it. Call under ``torch.no_grad()``."""
-    if hasattr(torch, "_foreach_copy_"):
-        torch._foreach_copy_(dst, list(src))
-    else:  # pragma: no cover - torch < 2.1
-        for d, s in zip(dst, src):
-            d.copy_(s)
-
-
-def _global_norm(tensors: Iterable[torch.Tensor]) -> float:
-    """The 2-norm of all tensors together, accumulated in float64 (NaN/inf propagate)."""
-    total = 0.0
-    for t in tensors:
-        n = float(torch.linalg.vector_norm(t, dtype=torch.float64))
-        total += n * n
-    return math.sqrt(total)
-
-
 @dataclass
-class AcceleratorStats:
-    """What the accelerator did, for logging. All counters are cumulative over the run.
+class LoopState:
+    """Where the accelerator is in its cycle: the whole of its loop state, saved by ``state_dict``."""
 
-    ``evaluations`` counts only the closure calls made for verification (the inner optimizer's own calls
-    are not included); the times are wall-clock seconds, with CUDA synchronised before each reading.
-    """
-
-    inner_steps: int = 0
-    snapshots_recorded: int = 0
-    jumps_tried: int = 0
-    jumps_accepted: int = 0
-    accepted_horizon_total: int = 0
-    evaluations: int = 0
-    fit_time_s: float = 0.0
-    predict_time_s: float = 0.0
-    verify_time_s: float = 0.0
-    last_spectral_radius: float | None = None
-    #: Eigenvalues of the last fit (complex128, CPU, at most `MAX_EIGENVALUES_KEPT`, largest first).
-    last_eigenvalues: torch.Tensor | None = None
-    rejections: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Accepted / tried jumps (0.0 before the first attempt)."""
-        return self.jumps_accepted / self.jumps_tried if self.jumps_tried else 0.0
-
-    @property
-    def effective_horizon(self) -> float:
-        """Mean horizon of the accepted jumps, in inner optimizer steps (0.0 when none was accepted)."""
-        return self.accepted_horizon_total / self.jumps_accepted if self.jumps_accepted else 0.0
-
-    _COUNTERS = (
-        "inner_steps", "snapshots_recorded", "jumps_tried", "jumps_accepted", "accepted_horizon_total",
-        "evaluations", "fit_time_s", "predict_time_s", "verify_time_s", "last_spectral_radius",
-    )  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy (eigenvalues as ``[real, imag]`` pairs), with the derived rates."""
-        out: dict[str, Any] = {name: getattr(self, name) for name in self._COUNTERS}
-        out["last_eigenvalues"] = (
-            None
-            if self.last_eigenvalues is None
-            else [[float(z.real), float(z.imag)] for z in (complex(v) for v in self.last_eigenvalues.tolist())]
-        )
-        out["rejections"] = dict(self.rejections)
-        out["acceptance_rate"] = self.acceptance_rate
-        out["effective_horizon"] = self.effective_horizon
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AcceleratorStats:
-        """Inverse of `to_dict` (derived keys are ignored)."""
-        stats = cls(**{name: data[name] for name in cls._COUNTERS if name in data})
-        eig = data.get("last_eigenvalues")
-        if eig is not None:
-            stats.last_eigenvalues = torch.tensor([complex(re, im) for re, im in eig], dtype=torch.complex128)
-        stats.rejections = {str(k): int(v) for k, v in dict(data.get("rejections") or {}).items()}
-        return stats
-
-
-# ---------------------------------------------------------------------------------------------------------
-# option validation
-
-
-def _knob(name: str, value: Any) -> Any:
-    """A shared knob's value, checked as `koopsweep.knobs` defines it."""
-    problem = KNOBS[name].problem(value)
-    if problem:
-        raise ParameterError(f"KoopmanAccelerator: {name}={value!r} is invalid; {problem}")
-    return int(value) if KNOBS[name].is_int else value
-
-
-def _int_option(name: str, value: Any, minimum: int, hint: str = "") -> int:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < minimum:
-        raise ParameterError(f"KoopmanAccelerator: {name}={value!r} is invalid; expected an integer >= {minimum}{hint}")
-    return int(value)
-
-
-def _ratio_option(name: str, value: Any, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, Real) or isinstance(value, bool) or math.isnan(value) or value <= 0:
-        expected = "None or a number > 0" if allow_none else "a number > 0 (math.inf disables the guard)"
-        raise ParameterError(f"KoopmanAccelerator: {name}={value!r} is invalid; expected {expected}")
-    return float(value)
-
-
-def _build_variant(variant: Any, params: dict[str, Any]) -> Variant:
-    if isinstance(variant, Variant):
-        if params:
-            raise ParameterError(
-                f"KoopmanAccelerator got a Variant instance ({variant!r}) and variant parameters "
-                f"{', '.join(sorted(params))}; configure the instance instead, or pass the variant by name"
-            )
-        return variant
-    if isinstance(variant, str):
-        from koopsweep.plugins import instantiate, load_variant
-
-        return instantiate(load_variant(variant), params)
-    raise ParameterError(
-        f"KoopmanAccelerator: variant={variant!r} is invalid; expected a registered variant name "
-        "(see `koopsweep plugins list`) or a koopsweep.Variant instance"
-    )
-
-
-def _build_fallback(fallback: Any, params: dict[str, Any] | None) -> FallbackRule:
-    if params is not None and not isinstance(params, Mapping):
-        raise ParameterError(f"KoopmanAccelerator: fallback_params={params!r} is invalid; expected a dict or None")
-    if isinstance(fallback, FallbackRule):
-        if params:
-            raise ParameterError(
-                f"KoopmanAccelerator got a FallbackRule instance ({fallback!r}) and fallback_params; "
-                "configure the instance instead, or pass the rule by name"
-            )
-        return fallback
-    if isinstance(fallback, str):
-        from koopsweep.plugins import instantiate, load_fallback
-
-        return instantiate(load_fallback(fallback), params)
-    raise ParameterError(
-        f"KoopmanAccelerator: fallback={fallback!r} is invalid; expected a registered rule name "
-        "(none, verify, backtrack, best-of, or a plugin's) or a koopsweep.FallbackRule instance"
-    )
-
-
-def _check_optimizer(optimizer: Any) -> None:
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return
-    missing = [a for a in ("param_groups", "state", "step", "zero_grad", "state_dict", "load_state_dict")
-               if not hasattr(optimizer, a)]  # fmt: skip
-    if missing:
-        raise ParameterError(
-            f"KoopmanAccelerator: optimizer={optimizer!r} is not a torch.optim.Optimizer "
-            f"(it lacks {', '.join(missing)}); wrap an optimizer instance, e.g. torch.optim.Adam(model.parameters())"
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the accelerator
+    filled: int = 0  # snapshots in the window
+    cycle_steps: int = 0  # inner steps since the window started
+    rejected_in_a_row: int = 0
+    wait_steps: int = 0  # inner steps left before the next window starts (backoff)
 
 
 class KoopmanAccelerator:
@@ -306,12 +156,12 @@ class KoopmanAccelerator:
     @property
     def jump_due(self) -> bool:
         """Whether the next `step` attempts a jump (the snapshot window is full)."""
-        return self._filled >= self._window
+        return self._loop.filled >= self._window
 
     @property
     def snapshots_filled(self) -> int:
         """Snapshots currently in the window."""
-        return self._filled
+        return self._loop.filled
 
     # -- the torch.optim.Optimizer surface ------------------------------------------------------------
 
@@ -355,42 +205,39 @@ class KoopmanAccelerator:
         # One list of row views per slot, built once, so that recording is a single fused copy.
         self._slots = [[buf[i] for buf in self._buffers] for i in range(self._window)]
         self._on_cuda = any(p.is_cuda for p in self._params)
-        self._filled = 0
-        self._cycle_steps = 0
-        self._rejected_in_a_row = 0
-        self._wait_steps = 0  # inner steps left before the next window starts (backoff)
+        self._loop = LoopState()
 
     def _after_inner_step(self) -> None:
         stats = self.stats
         stats.inner_steps += 1
         if stats.inner_steps <= self._burn_in:
             return
-        if self._wait_steps > 0:
-            self._wait_steps -= 1
+        if self._loop.wait_steps > 0:
+            self._loop.wait_steps -= 1
             return
-        self._cycle_steps += 1
-        if self._filled >= self._window:
+        self._loop.cycle_steps += 1
+        if self._loop.filled >= self._window:
             return
-        block_done = self._cycle_steps % self._stride == 0
-        slot = self._slots[self._filled]
+        block_done = self._loop.cycle_steps % self._stride == 0
+        slot = self._slots[self._loop.filled]
         with torch.no_grad():
             if self._snapshot == "last" or self._stride == 1:
                 if block_done:
                     _foreach_copy(slot, self._params)
-            elif self._cycle_steps % self._stride == 1:  # the block's first iterate starts the sum in place
+            elif self._loop.cycle_steps % self._stride == 1:  # the block's first iterate starts the sum in place
                 _foreach_copy(slot, self._params)
             else:
                 torch._foreach_add_(slot, self._params)
                 if block_done:
                     torch._foreach_mul_(slot, 1.0 / self._stride)
         if block_done:
-            self._filled += 1
+            self._loop.filled += 1
             stats.snapshots_recorded += 1
 
     def _summing(self) -> bool:
         """Whether a ``snapshot="mean"`` block is part-way summed into the next free slot."""
         return (
-            self._snapshot == "mean" and self._filled < self._window and self._cycle_steps % self._stride != 0
+            self._snapshot == "mean" and self._loop.filled < self._window and self._loop.cycle_steps % self._stride != 0
         )
 
     def _clock(self) -> float:
@@ -418,7 +265,7 @@ class KoopmanAccelerator:
                 "evaluates the loss; pass step(closure) with a closure that zeroes the gradients, computes the "
                 "loss, calls backward() and returns the loss, or use fallback='none'"
             )
-        if self._filled >= self._window:
+        if self._loop.filled >= self._window:
             return self._jump_step(closure, check)
         loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
         self._after_inner_step()
@@ -472,12 +319,12 @@ class KoopmanAccelerator:
             else:
                 loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
 
-        self._filled = 0
-        self._cycle_steps = 0
-        self._rejected_in_a_row = 0 if accepted else self._rejected_in_a_row + 1
+        self._loop.filled = 0
+        self._loop.cycle_steps = 0
+        self._loop.rejected_in_a_row = 0 if accepted else self._loop.rejected_in_a_row + 1
         if self._backoff:
-            doublings = min(self._rejected_in_a_row, self._backoff)
-            self._wait_steps = (2**doublings - 1) * self._window * self._stride
+            doublings = min(self._loop.rejected_in_a_row, self._backoff)
+            self._loop.wait_steps = (2**doublings - 1) * self._window * self._stride
         if stepped:
             self._after_inner_step()
         return loss
@@ -547,13 +394,10 @@ class KoopmanAccelerator:
                 "window": self._window,
                 "stride": self._stride,
                 "snapshot": self._snapshot,
-                "filled": self._filled,
-                "cycle_steps": self._cycle_steps,
-                "rejected_in_a_row": self._rejected_in_a_row,
-                "wait_steps": self._wait_steps,
-                "snapshots": [buf[: self._filled].clone() for buf in self._buffers],
+                **asdict(self._loop),
+                "snapshots": [buf[: self._loop.filled].clone() for buf in self._buffers],
                 # snapshot="mean" mid-block: the running sum of the block so far, in the next slot.
-                "partial": [buf[self._filled].clone() for buf in self._buffers] if self._summing() else None,
+                "partial": [buf[self._loop.filled].clone() for buf in self._buffers] if self._summing() else None,
                 "stats": self.stats.to_dict(),
                 "fallback": self.fallback.state_dict(),  # what the rule learned (the adaptive horizon scale)
             },
@@ -591,227 +435,16 @@ class KoopmanAccelerator:
         with torch.no_grad():
             for buf, saved in zip(self._buffers, snapshots):
                 buf[:filled].copy_(saved)
-        self._filled = int(filled)
-        self._cycle_steps = int(cycle_steps)
-        self._rejected_in_a_row = int(acc.get("rejected_in_a_row", 0))
-        self._wait_steps = int(acc.get("wait_steps", 0))
+        self._loop = LoopState(
+            filled=int(filled), cycle_steps=int(cycle_steps), rejected_in_a_row=int(acc.get("rejected_in_a_row", 0)),
+            wait_steps=int(acc.get("wait_steps", 0)),
+        )  # fmt: skip
         partial = acc.get("partial")
         if self._summing():
             if partial is None or len(partial) != len(self._buffers):
                 raise ParameterError("KoopmanAccelerator.load_state_dict: the state lacks the running snapshot sum")
             with torch.no_grad():
                 for buf, saved in zip(self._buffers, partial):
-                    buf[self._filled].copy_(saved)
+                    buf[self._loop.filled].copy_(saved)
         self.stats = AcceleratorStats.from_dict(stats)
         self.fallback.load_state_dict(acc.get("fallback") or {})
-
-
-class _Proposal:
-    """The accelerator's `JumpProposal` for one jump attempt; also tracks what the model and ``.grad``
-    hold, so that the accelerator can reuse the last closure evaluation and restore the weights."""
-
-    def __init__(
-        self,
-        acc: KoopmanAccelerator,
-        current: list[torch.Tensor],
-        closure: Closure | None,
-        displacement: float,
-        check: Closure | None = None,
-    ) -> None:
-        self.horizon = acc.horizon
-        self._acc = acc
-        self._params = acc._params
-        self._current = current
-        self._closure = closure
-        self._check = check  # judges jumps instead of the closure, forward only; its calls leave no gradients
-        self._displacement = displacement
-        self._predictions: dict[int, list[torch.Tensor] | None] = {}
-        self._reasons: dict[int, str] = {}
-        self._evaluated: dict[int, tuple[list[torch.Tensor], float]] = {}
-        self._model_at: list[torch.Tensor] = current  # which weights the model holds (by identity)
-        self._last: list[torch.Tensor] | None = None  # weights of the last closure call, whose grads are in .grad
-        self.last_loss: Any = None  # what that closure call returned
-        self._before: float | None = None
-        self.loss_before_raw: Any = None
-        self._before_grads: list[torch.Tensor | None] | None = None
-
-    # -- JumpProposal ---------------------------------------------------------------------------------
-
-    def predict(self, horizon: int) -> list[torch.Tensor] | None:
-        if not isinstance(horizon, Integral) or isinstance(horizon, bool) or horizon < 1:
-            raise ParameterError(f"JumpProposal.predict: horizon={horizon!r} is invalid; expected an integer >= 1")
-        k = self._acc._variant_steps(int(horizon))
-        if k in self._predictions:
-            return self._predictions[k]
-        acc = self._acc
-        t0 = acc._clock()
-        try:
-            pred, reason = self._guarded(k)
-        finally:
-            acc.stats.predict_time_s += acc._clock() - t0
-        self._predictions[k] = pred
-        if reason is not None:
-            self._reasons[k] = reason
-        return pred
-
-    def unusable_reason(self, horizon: int) -> str | None:
-        return self._reasons.get(self._acc._variant_steps(int(horizon)))
-
-    def evaluate(self, params: list[torch.Tensor]) -> float:
-        hit = self._evaluated.get(id(params))
-        if hit is not None and hit[0] is params:
-            return hit[1]
-        self.check_params(params, "JumpProposal.evaluate")
-        self.load(params)
-        value = self._call_closure()
-        if self._check is None:
-            self._last = params
-        self._evaluated[id(params)] = (params, value)
-        return value
-
-    @property
-    def loss_before(self) -> float:
-        if self._before is None:
-            self.load(self._current)
-            self._before = self._call_closure()
-            if self._check is None:
-                self.loss_before_raw = self.last_loss
-                self._before_grads = [None if p.grad is None else p.grad.detach().clone() for p in self._params]
-                self._last = self._current
-        return self._before
-
-    # -- for the accelerator ---------------------------------------------------------------------------
-
-    def check_params(self, params: Any, who: str) -> None:
-        if not isinstance(params, (list, tuple)) or len(params) != len(self._params):
-            raise PluginValidationError(
-                f"{who}: expected a list of {len(self._params)} tensors (one per parameter), got {type(params).__name__}"
-                + (f" of length {len(params)}" if isinstance(params, (list, tuple)) else "")
-            )
-        for i, (t, p) in enumerate(zip(params, self._params)):
-            if not isinstance(t, torch.Tensor) or t.shape != p.shape:
-                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise PluginValidationError(f"{who}: tensor {i} is {got}, expected shape {tuple(p.shape)}")
-
-    def load(self, params: list[torch.Tensor]) -> None:
-        """Copy ``params`` into the model's parameters (exactly; no-op when they are already there)."""
-        if self._model_at is params:
-            return
-        with torch.no_grad():
-            _foreach_copy(self._params, params)
-        self._model_at = params
-
-    def holds_gradients_of(self, params: list[torch.Tensor]) -> bool:
-        """Whether the model holds ``params`` and ``.grad`` holds their gradients (from the last closure call)."""
-        last = self._last
-        if last is None or self._model_at is not last:
-            return False
-        return params is last or (len(params) == len(last) and all(a is b for a, b in zip(params, last)))
-
-    def restore(self) -> bool:
-        """Put back the weights from before the jump, bit for bit, and the gradients measured there if
-        ``loss_before`` was evaluated. Returns whether those gradients (and ``loss_before_raw``) are valid."""
-        self.load(self._current)
-        if self._before_grads is None:
-            return False
-        for p, g in zip(self._params, self._before_grads):
-            p.grad = g
-        self._last = self._current
-        return True
-
-    # -- internals ------------------------------------------------------------------------------------------
-
-    def unsafe(self, params: list[torch.Tensor]) -> str | None:
-        """Why accepted ``params`` must not be kept: ``"non-finite"`` weights (a prediction passed the
-        guard already, but a rule may build its own) or ``"non-finite-loss"`` there; None when they are safe.
-
-        A rule that did not evaluate ``params`` (``none``) gets the loss from the closure call that the
-        inner step at ``params`` makes next anyway, so this costs no extra call when the jump is kept.
-        """
-        if not any(params is pred for pred in self._predictions.values()):
-            with torch.no_grad():
-                if not all(bool(torch.isfinite(t).all()) for t in params):
-                    return "non-finite"
-        if self._closure is None:
-            return None  # step() without a closure: the rule cannot have measured anything, nor can we
-        hit = self._evaluated.get(id(params))
-        if hit is not None and hit[0] is params:
-            value = hit[1]
-        else:
-            self.load(params)
-            value = self._call_closure(verification=False)
-            self._last = params
-            self._evaluated[id(params)] = (params, value)
-            if not math.isfinite(value):
-                self._acc.stats.evaluations += 1  # wasted: it served only to reject the jump
-        return None if math.isfinite(value) else "non-finite-loss"
-
-    def _call_closure(self, verification: bool = True) -> float:
-        """One closure call at the weights the model holds. A ``verification`` call is counted in the
-        stats; the other kind is the inner step's own gradient computation, made a little early."""
-        if self._closure is None:
-            raise UsageError(
-                f"the fallback rule {self._acc.fallback!r} evaluated the loss, but step() was called without a "
-                "closure; pass step(closure), or set the rule's needs_closure = True so that this is caught earlier"
-            )
-        acc = self._acc
-        t0 = acc._clock() if verification else 0.0
-        judge = verification and self._check is not None
-        try:
-            with torch.no_grad() if judge else torch.enable_grad():
-                raw = self._check() if judge else self._closure()
-            try:
-                value = float(raw.detach() if isinstance(raw, torch.Tensor) else raw)
-            except (TypeError, ValueError, RuntimeError):
-                raise UsageError(
-                    f"the step() {'check' if judge else 'closure'} returned {raw!r}; it must return the loss "
-                    "(a scalar tensor or number)"
-                ) from None
-        finally:
-            if verification:
-                acc.stats.verify_time_s += acc._clock() - t0
-        if verification:
-            acc.stats.evaluations += 1
-        self.last_loss = raw
-        return value if math.isfinite(value) else math.inf
-
-    def _guarded(self, k: int) -> tuple[list[torch.Tensor] | None, str | None]:
-        """``variant.predict(k)`` through the non-finite / exploding guard and the jump cap."""
-        acc = self._acc
-        try:
-            raw = acc.variant.predict(k)
-        except Exception as exc:
-            if not acc._predict_warned:
-                acc._predict_warned = True
-                warnings.warn(
-                    f"KoopmanAccelerator: {acc.variant!r}.predict({k}) raised {type(exc).__name__}: {exc}; the "
-                    "prediction is treated as unusable ('predict-failed'). Later failures are only counted in "
-                    "stats.rejections.",
-                    RuntimeWarning,
-                    stacklevel=5,
-                )
-            return None, "predict-failed"
-        self.check_params(raw, f"{acc.variant!r}.predict({k})")
-        # Predictions for other horizons must stay valid: copy a tensor that aliases an earlier one.
-        taken = {t.data_ptr() for pred in self._predictions.values() if pred for t in pred if t.numel()}
-        pred = []
-        for r, p in zip(raw, self._params):
-            r = r.detach().to(device=p.device, dtype=p.dtype)
-            if r.numel() and r.data_ptr() in taken:
-                r = r.clone()
-            pred.append(r)
-        jumps = [r - c for r, c in zip(pred, self._current)]
-        norm = _global_norm(jumps)
-        if not math.isfinite(norm):
-            if any(not bool(torch.isfinite(r).all()) for r in pred):
-                return None, "non-finite"
-            return None, "exploding"
-        # The naive linear extrapolation over the same horizon: k snapshot intervals of the mean displacement.
-        linear = k * self._displacement / (acc.window - 1)
-        if norm > acc.explode_ratio * linear:
-            return None, "exploding"
-        cap = acc.max_jump_ratio
-        if cap is not None and norm > cap * linear:
-            scale = cap * linear / norm
-            pred = [c.add(j, alpha=scale) for c, j in zip(self._current, jumps)]
-        return pred, None
