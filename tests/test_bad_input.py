@@ -171,7 +171,7 @@ def _real(workdir, *args, env=None):
 
 
 BROKEN_TASK = f"""
-from koopsweep.tasks.digits import DigitsMLP
+from koopsweep.tasks._digits import DigitsMLP
 
 
 class Broken(DigitsMLP):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from koopsweep.bench import BenchSettings, run_bench, split_params
 from koopsweep.cli import main
 from koopsweep.errors import UsageError
-from koopsweep.tasks.digits import DigitsMLP
+from koopsweep.tasks._digits import DigitsMLP
 from koopsweep.training import train
 
 RESULT_KEYS = {

@@ -17,7 +17,7 @@ import torch
 from koopsweep import plugins
 from koopsweep.errors import ParameterError
 from koopsweep.tasks._common import count_parameters
-from koopsweep.tasks.burgers import PRESETS, REF_NT, REF_NX, PINNBurgers, cole_hopf, reference_solution
+from koopsweep.tasks._burgers import PRESETS, REF_NT, REF_NX, PINNBurgers, cole_hopf, reference_solution
 from koopsweep.testing import check_task
 
 CPU = torch.device("cpu")

@@ -20,7 +20,7 @@ import torch
 
 from koopsweep import plugins
 from koopsweep.errors import ParameterError
-from koopsweep.tasks.charlm import (
+from koopsweep.tasks._charlm import (
     SIZES,
     CharLMTransformer,
     is_corpus_file,

@@ -17,7 +17,7 @@ import torch
 from koopsweep import plugins
 from koopsweep.errors import ParameterError
 from koopsweep.tasks._common import count_parameters
-from koopsweep.tasks.mnist1d import CNN_PRESETS, MNIST1DCNN, MNIST1DMLP, ConvNet1D
+from koopsweep.tasks._mnist1d import CNN_PRESETS, MNIST1DCNN, MNIST1DMLP, ConvNet1D
 from koopsweep.testing import check_task
 
 CPU = torch.device("cpu")

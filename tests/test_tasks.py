@@ -19,9 +19,9 @@ from torch import nn
 from koopsweep import plugins
 from koopsweep.errors import KoopsweepError, ParameterError, UsageError
 from koopsweep.tasks._common import derive_seed, index_stream
-from koopsweep.tasks.digits import DigitsMLP, load_digits_arrays
-from koopsweep.tasks.hnn import HNNOscillator, hamiltonian, reference_trajectory
-from koopsweep.tasks.mnist import (
+from koopsweep.tasks._digits import DigitsMLP, load_digits_arrays
+from koopsweep.tasks._hnn import HNNOscillator, hamiltonian, reference_trajectory
+from koopsweep.tasks._mnist import (
     IMAGES_MAGIC,
     MNIST_FILES,
     MNISTMLP,
@@ -31,8 +31,8 @@ from koopsweep.tasks.mnist import (
     resolve_mnist_dir,
     write_idx,
 )
-from koopsweep.tasks.mnist1d import MNIST1DMLP, make_mnist1d
-from koopsweep.tasks.teacher_student import TeacherStudent
+from koopsweep.tasks._mnist1d import MNIST1DMLP, make_mnist1d
+from koopsweep.tasks._teacher_student import TeacherStudent
 
 CPU = torch.device("cpu")
 

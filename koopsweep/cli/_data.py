@@ -15,7 +15,7 @@ def data() -> None:
 @click.option("--overwrite", is_flag=True, help="Download again even when the files are there.")
 def data_download(dataset: str, data_dir: str | None, overwrite: bool) -> None:
     """Download DATASET's files (the four MNIST IDX files, checked against their MD5 sums)."""
-    from koopsweep.tasks.mnist import download_mnist, resolve_mnist_dir
+    from koopsweep.tasks._mnist import download_mnist, resolve_mnist_dir
 
     folder = resolve_mnist_dir(data_dir or "")
     paths = download_mnist(folder, overwrite=overwrite, log=lambda message: click.echo(message, err=True))
