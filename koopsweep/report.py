@@ -3,7 +3,8 @@
 Optuna draws what it knows about (the optimization history, parameter importances, the Pareto front)
 with `optuna.visualization.matplotlib`. The best trial's loss against wall-clock and its fitted
 eigenvalues come from data Optuna never sees: they are drawn here from its MLflow runs (the loss
-curves are metrics of the trial's and its baselines' runs, the eigenvalues a small JSON artifact). The page is one file with its style inline and the figures
+curves are metrics of the trial's and its baselines' runs, timestamped at training time, and the
+eigenvalues a tag of the trial's run). The page is one file with its style inline and the figures
 referenced by relative path, so the folder can be copied, archived or served as it is.
 
 Tracking is optional for a report: when MLflow is unreachable or holds no run for the trial, the Optuna
@@ -16,7 +17,6 @@ import datetime
 import html
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -211,7 +211,7 @@ def _unreachable(uri: str) -> str | None:
 
 def _trial_figures(study, spec, trial, report: Report) -> None:
     """Draw the best trial's loss and eigenvalue figures from what its MLflow runs hold: the loss curves
-    (metrics of the trial's and its baselines' runs) and the last fit's eigenvalues (a JSON artifact).
+    (metrics of the trial's and its baselines' runs) and the last fit's eigenvalues (a tag).
     Trials draw no figure themselves: that would cost a short trial almost half its time."""
     wanted = (LOSS, EIGENVALUES)
     problem = _unreachable(report.tracking_uri)
@@ -221,8 +221,6 @@ def _trial_figures(study, spec, trial, report: Report) -> None:
     shown = mask_uri(report.tracking_uri)
     try:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        # One small file: a progress bar for its download would only clutter the command's output.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=report.tracking_uri)
@@ -269,27 +267,33 @@ def _trial_run(client, study, spec, number: int):
 
 
 def _draw_eigenvalues(client, experiment_id: str, run, spec, trial, dest: Path) -> str | None:
-    """The last fit's eigenvalues on the unit circle, from the trial run's JSON artifact; None when drawn,
-    else why not."""
-    if reporting.EIGENVALUES_FILE not in {a.path for a in client.list_artifacts(run.info.run_id)}:
-        return f"trial {trial.number}'s MLflow run has no {reporting.EIGENVALUES_FILE} (the trial made no fit, or its upload failed)"
-    with tempfile.TemporaryDirectory(prefix="koopsweep-report-") as tmp:
-        with open(client.download_artifacts(run.info.run_id, reporting.EIGENVALUES_FILE, tmp), encoding="utf-8") as handle:
-            pairs = json.load(handle)["eigenvalues"]
+    """The last fit's eigenvalues on the unit circle, from the trial run's tag; None when drawn, else why not."""
+    text = run.data.tags.get(reporting.EIGENVALUES_TAG)
+    if not text:
+        return f"trial {trial.number}'s MLflow run has no {reporting.EIGENVALUES_TAG} tag (the trial made no fit)"
     variant = trial.params.get("variant", "")
+    pairs = json.loads(text)
     figure = plots.eigenvalues_on_circle([complex(re, im) for re, im in pairs], f"trial {trial.number}: {variant}")
     plots.save(figure, dest)
     return None
 
 
+def _time_series(client, run_id: str) -> tuple[list[float], list[float]]:
+    """A run's ``loss`` history as (seconds of training, loss): its points are timestamped at the training
+    wall-clock, the first at 0 (`reporting.run_curves`)."""
+    points = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+    start = points[0].timestamp if points else 0
+    return [(m.timestamp - start) / 1000 for m in points], [m.value for m in points]
+
+
 def _draw_loss(client, experiment_id: str, run, spec, trial, dest: Path) -> str | None:
     """The first seed's loss against training time, the accelerated run beside its baselines and the
     primary baseline's target, from the runs' metric histories; None when drawn, else why not."""
-    curve = sorted(client.get_metric_history(run.info.run_id, "loss_by_time_ms"), key=lambda m: m.step)
-    if not curve:
-        return f"trial {trial.number}'s MLflow run has no loss_by_time_ms history to draw it from"
+    times, losses = _time_series(client, run.info.run_id)
+    if not times:
+        return f"trial {trial.number}'s MLflow run has no loss history to draw it from"
     seed = spec.seeds[0]
-    series = [(f"koopman-{spec.optimizer}", [m.step / 1000 for m in curve], [m.value for m in curve], True)]
+    series = [(f"koopman-{spec.optimizer}", times, losses, True)]
     query = (
         f"tags.`{ROLE_TAG}` = 'baseline' and tags.`koopsweep.trial` = '{trial.number}'"
         f" and tags.`mlflow.parentRunId` = '{run.data.tags.get('mlflow.parentRunId', '')}'"
@@ -299,9 +303,8 @@ def _draw_loss(client, experiment_id: str, run, spec, trial, dest: Path) -> str 
     for base in sorted(baselines, key=lambda r: order.get(r.data.tags.get("koopsweep.optimizer"), len(order))):
         if base.data.params.get("seed") != str(seed):
             continue
-        points = sorted(client.get_metric_history(base.info.run_id, "loss_by_time_ms"), key=lambda m: m.step)
         label = base.data.tags.get("koopsweep.optimizer", base.info.run_name)
-        series.append((label, [m.step / 1000 for m in points], [m.value for m in points], False))
+        series.append((label, *_time_series(client, base.info.run_id), False))
     target = next(
         (c.get("target_loss") for c in trial.user_attrs.get("comparisons", [])
          if c.get("baseline") == spec.primary_baseline and c.get("seed") == seed),

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from koopsweep.measure import format_speedup, median
 
-#: At most this many eigenvalues are logged for the plot (node operators can have thousands).
-MAX_PLOTTED_EIGENVALUES = 4000
-#: The artifact of a trial's run that holds the first seed's last-fit eigenvalues as ``[re, im]`` pairs.
-EIGENVALUES_FILE = "eigenvalues.json"
+#: The tag of a trial's run that holds the first seed's last-fit eigenvalues (see `eigenvalues_tag`).
+EIGENVALUES_TAG = "koopsweep.eigenvalues"
+#: MLflow's limit on a tag's value.
+MAX_TAG_CHARS = 8000
 
 
 def trial_summary(measurement, spec) -> dict[str, Any]:
@@ -32,18 +33,23 @@ def trial_summary(measurement, spec) -> dict[str, Any]:
     return summary
 
 
-def _curve_points(run, start_ms: int):
-    """Loss by gradient step, timestamped at the training wall-clock (so MLflow's relative-time axis is
-    the training time), and the same loss with the step axis in milliseconds of training."""
-    by_step = [(p.step, p.loss, start_ms + int(p.time_s * 1000)) for p in run.curve]
-    by_time = [(int(p.time_s * 1000), p.loss, start_ms + int(p.time_s * 1000)) for p in run.curve]
-    return by_step, by_time
-
-
 def run_curves(run) -> dict[str, list[tuple[int, float, int]]]:
-    """The ``loss`` and ``loss_by_time_ms`` curves of a run, as `Tracker.log_run` takes them."""
-    by_step, by_time = _curve_points(run, int(time.time() * 1000))
-    return {"loss": by_step, "loss_by_time_ms": by_time}
+    """The ``loss`` curve of a run by gradient step, as `Tracker.log_run` takes it, each point timestamped
+    at its training wall-clock (the run's first point at logging time): MLflow's relative-time axis is
+    then the training time, and `koopsweep study report` reads it from there."""
+    start_ms = int(time.time() * 1000)
+    return {"loss": [(p.step, p.loss, start_ms + int(p.time_s * 1000)) for p in run.curve]}
+
+
+def eigenvalues_tag(eigenvalues: list[complex]) -> str:
+    """The last fit's eigenvalues as a JSON list of ``[re, im]`` pairs (6 significant digits), as many of
+    the largest as fit one MLflow tag, so they travel in the trial's single ``log_batch`` call."""
+    pairs = [[float(f"{z.real:.6g}"), float(f"{z.imag:.6g}")] for z in eigenvalues]
+    text = json.dumps(pairs, separators=(",", ":"))
+    while len(text) > MAX_TAG_CHARS:
+        pairs = pairs[: len(pairs) * 3 // 4]
+        text = json.dumps(pairs, separators=(",", ":"))
+    return text
 
 
 @dataclass(frozen=True)
@@ -86,9 +92,12 @@ def log_trial(tracker, context: TrialContext, number: int, run_id: str, measurem
     metrics["reached"] = float(all(c.reached for c in primary))
     metrics.update(_median_metrics(measurement.koopman_runs))
     first = measurement.koopman_runs[0]
-    # Few round trips: each run's params, metrics and curves go in one log_batch call where they fit.
-    guarded("log the trial's params, metrics and curves", tracker.log_run, run_id,
-            params=params, metrics=metrics, curves=run_curves(first))  # fmt: skip
+    # Few round trips: each run's params, metrics, curves and tags go in one log_batch call where they fit.
+    # No figure is drawn here (drawing and uploading PNGs cost almost half of a short trial): the curves
+    # are metrics and the last fit's eigenvalues a tag, and `koopsweep study report` draws both.
+    tags = {EIGENVALUES_TAG: eigenvalues_tag(first.eigenvalues)} if first.eigenvalues else {}
+    guarded("log the trial's params, metrics, curves and eigenvalues", tracker.log_run, run_id,
+            params=params, metrics=metrics, curves=run_curves(first), tags=tags)  # fmt: skip
     for baseline in measurement.baseline_runs:
         child = guarded(
             "start a baseline run",
@@ -101,20 +110,14 @@ def log_trial(tracker, context: TrialContext, number: int, run_id: str, measurem
         if not child:
             continue
         guarded("log a baseline run", tracker.log_run, child,
+                # The environment is on the trial's run, the parent of this one: each param costs a write.
                 params={"task": spec.task, "optimizer": baseline.optimizer, "lr": baseline.lr,
                         "seed": baseline.seed, "budget": context.budget, "schedule": baseline.schedule,
-                        **{f"{baseline.optimizer}.{k}": v for k, v in baseline.optimizer_params.items()},
-                        **environment},
+                        **{f"{baseline.optimizer}.{k}": v for k, v in baseline.optimizer_params.items()}},
                 metrics={"final_loss": baseline.final_loss, "train_time_s": baseline.time_s,
                          "seconds_per_step": baseline.seconds_per_step, **_median_metrics([baseline])},
                 curves=run_curves(baseline))  # fmt: skip
         guarded("end a baseline run", tracker.finish, child, "FINISHED")
-    # No figure is drawn here: drawing and uploading PNGs cost almost half of a short trial. The loss
-    # curves are metrics already, and the last fit's eigenvalues go as one small JSON file;
-    # `koopsweep study report` draws both figures from them.
-    if first.eigenvalues:
-        pairs = [[z.real, z.imag] for z in first.eigenvalues[:MAX_PLOTTED_EIGENVALUES]]
-        guarded("log the last fit's eigenvalues", tracker.log_json, run_id, {"eigenvalues": pairs}, EIGENVALUES_FILE)
 
 
 def _median_metrics(runs) -> dict[str, float | None]:

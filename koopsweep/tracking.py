@@ -22,6 +22,7 @@ from typing import Any
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 MAX_PARAMS = 100  # ... and on params per call
+MAX_TAGS = 100  # ... and on tags per call
 
 ROLE_TAG = "koopsweep.role"
 STUDY_TAG = "koopsweep.study"
@@ -123,6 +124,20 @@ def check_tracking(uri: str) -> None:
         raise UsageError(f"MLflow tracking URI {mask_uri(uri)} cannot be used ({_describe(exc, uri)})") from None
 
 
+def use_write_ahead_log(uri: str) -> None:
+    """Switch a local SQLite store to SQLite's write-ahead log: each of a trial's dozen MLflow calls is a
+    transaction, and in WAL mode a commit costs about a fifth less (``PRAGMA journal_mode=WAL`` is kept in
+    the file, and lets readers such as the MLflow UI in beside a writer)."""
+    if not uri.startswith("sqlite:///") or ":memory:" in uri:
+        return
+    import sqlite3
+
+    path = uri.removeprefix("sqlite:///").split("?")[0]
+    if os.path.exists(path):
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+
+
 class Tracker:
     """The study's MLflow experiment."""
 
@@ -132,7 +147,8 @@ class Tracker:
 
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        experiment = self.client.get_experiment_by_name(experiment_name)
+        experiment = self.client.get_experiment_by_name(experiment_name)  # also makes a new store's schema
+        use_write_ahead_log(tracking_uri)
         if experiment is None:
             self.experiment_id = self.client.create_experiment(experiment_name)
         else:
@@ -180,25 +196,24 @@ class Tracker:
         params: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float | None] | None = None,
         curves: Mapping[str, Iterable[tuple[int, float, int]]] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
-        """Params, summary metrics and curves (points of (step, value, timestamp in ms)) of a run in as
-        few `log_batch` calls as MLflow allows (each call is a round trip, and a trial logs several runs)."""
-        from mlflow.entities import Metric, Param
+        """Params, summary metrics, curves (points of (step, value, timestamp in ms)) and tags of a run in
+        as few `log_batch` calls as MLflow allows (each call is a round trip, and a trial logs several runs)."""
+        from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
+        tag_items = [RunTag(str(k), str(v)) for k, v in (tags or {}).items()]
         param_items = [Param(str(k), _param_value(v)) for k, v in (params or {}).items()]
         metric_items = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
         for key, points in (curves or {}).items():
             metric_items += [Metric(key, float(value), int(ts), int(step)) for step, value, ts in points]
-        while param_items or metric_items:
+        while param_items or metric_items or tag_items:
             chunk_params, param_items = param_items[:MAX_PARAMS], param_items[MAX_PARAMS:]
-            room = MAX_BATCH - len(chunk_params)  # at most 1,000 entities per call in all
+            chunk_tags, tag_items = tag_items[:MAX_TAGS], tag_items[MAX_TAGS:]
+            room = MAX_BATCH - len(chunk_params) - len(chunk_tags)  # at most 1,000 entities per call in all
             chunk_metrics, metric_items = metric_items[:room], metric_items[room:]
-            self.client.log_batch(run_id, metrics=chunk_metrics, params=chunk_params)
-
-    def log_json(self, run_id: str, data: Mapping[str, Any], name: str) -> None:
-        """A small JSON artifact of a run, in one call."""
-        self.client.log_dict(run_id, dict(data), name)
+            self.client.log_batch(run_id, metrics=chunk_metrics, params=chunk_params, tags=chunk_tags)
 
     # ---------------------------------------------------------------- safety
     def guarded(self, action: str, fn, *args, **kwargs) -> Any:

@@ -94,10 +94,12 @@ def test_report_of_a_real_study(single, tmp_path):
     best = max((t for t in trials if t.values), key=lambda t: t.values[0])
     assert listing["best_trial"] == best.number
     # Trials draw no figure (that is report time): the best trial's run holds its curves as metrics and
-    # the last fit's eigenvalues as a small JSON file, and no PNG.
+    # the last fit's eigenvalues as a tag, and no PNG.
     run_id = best.user_attrs["mlflow_run_id"]
-    [eigenvalues] = folder.glob(f"mlruns/*/{run_id}/artifacts/eigenvalues.json")
-    pairs = json.loads(eigenvalues.read_text())["eigenvalues"]
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").get_run(run_id)
+    pairs = json.loads(run.data.tags["koopsweep.eigenvalues"])
     assert pairs and all(len(pair) == 2 for pair in pairs)
     assert not list(folder.glob(f"mlruns/*/{run_id}/artifacts/*.png"))
 
@@ -145,20 +147,23 @@ def test_tracking_unavailable_still_writes_the_optuna_figures(single, tmp_path, 
     assert not (tmp_path / "nowhere").exists()  # a report never creates a tracking store
 
 
-def test_a_trial_run_without_its_eigenvalues_file_still_gets_its_loss_figure(single, tmp_path):
+def test_a_trial_run_without_its_eigenvalues_still_gets_its_loss_figure(single, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     folder, storage = single
     best = max((t for t in _trials(storage) if t.values), key=lambda t: t.values[0])
-    [artifact] = folder.glob(f"mlruns/*/{best.user_attrs['mlflow_run_id']}/artifacts/eigenvalues.json")
-    hidden = artifact.with_name("hidden.bin")
-    artifact.rename(hidden)  # as if its upload had failed; the metrics are still there
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    run_id = best.user_attrs["mlflow_run_id"]
+    saved = client.get_run(run_id).data.tags["koopsweep.eigenvalues"]
+    client.delete_tag(run_id, "koopsweep.eigenvalues")  # as if the trial had made no fit
     try:
         out = tmp_path / "report"
         _, listing = _report(storage, out)
     finally:
-        hidden.rename(artifact)
+        client.set_tag(run_id, "koopsweep.eigenvalues", saved)
     assert _is_png(out / "loss_vs_time.png") and not (out / "eigenvalues.png").exists()
     [skipped] = listing["skipped"]
-    assert skipped["figure"] == "eigenvalues.png" and "has no eigenvalues.json" in skipped["reason"]
+    assert skipped["figure"] == "eigenvalues.png" and "no koopsweep.eigenvalues tag" in skipped["reason"]
 
 
 def test_a_two_objective_study_gets_a_pareto_front(pareto, tmp_path):
