@@ -20,7 +20,8 @@ weights and batch stream:
 
 The order of the runs rotates with the seed so that a drifting load on a shared machine does not favour
 one of them. An accelerated run whose turn comes before the last baseline has finished trains the
-budget, is paused, and resumes once the target is known. Clocks are `TrainingRun`'s: training only,
+budget, is paused, and resumes once the target is known; an untimed warm-up precedes each configuration's
+first run in the process. Clocks are `TrainingRun`'s: training only,
 evaluation checkpoints excluded.
 
 One JSON per task goes to ``--out`` (``best-vs-best-TASK.json``); a task whose JSON is there is not run
@@ -50,7 +51,8 @@ from koopsweep.devices import device_label, resolve_device
 from koopsweep.errors import KoopsweepError, UsageError
 from koopsweep.measure import compare, first_reaching, median, quartiles, target_loss
 from koopsweep.schedules import Schedule
-from koopsweep.training import KoopmanConfig, RunResult, TrainingRun, learning_rate, task_schedule, train
+from koopsweep.pairing import Side, run_paired
+from koopsweep.training import KoopmanConfig, RunResult, learning_rate, task_schedule
 
 #: The baselines of the first series (docs/best-vs-best.md); ``--baselines all`` takes every installed
 #: optimizer plugin, the reference a user would pick from.
@@ -133,56 +135,19 @@ def _run_record(run: RunResult, target: float, accelerated: bool) -> dict[str, A
 
 def measure_seed(task, accelerated: list[Accelerated], seed: int, *, baselines: list[str], budget: int,
                  cap_factor: float, device: torch.device, schedule: Schedule) -> dict[str, Any]:  # fmt: skip
-    """All baselines and accelerated runs of one seed, in an order rotated by the seed."""
-    eval_every = task.checkpoint_interval(budget)
-    labels = baselines + [acc.label for acc in accelerated]
-    by_label = {acc.label: acc for acc in accelerated}
-    shift = seed % len(labels)
-    order = labels[shift:] + labels[:shift]
-    common = dict(seed=seed, device=device, eval_every=eval_every, schedule=schedule)
-    cap_steps = int(math.ceil(cap_factor * budget))
-
-    names, baselines = baselines, {}  # the names to run, then their runs
-    paused: dict[str, TrainingRun] = {}  # accelerated runs that trained the budget before the target was known
-    finished: dict[str, RunResult] = {}
-    goal: dict[str, float] = {}
-
-    def finish(label: str, run: TrainingRun) -> None:
-        run.advance(cap_steps, stop_below=goal["target"], min_steps=budget,
-                    max_time_s=cap_factor * goal["best_time"])  # fmt: skip
-        finished[label] = run.result()
-
-    def settle_target() -> None:
-        # The lowest smoothed final loss of the baselines; a diverged baseline (non-finite) has none.
-        finals = {name: target_loss(run, "final") for name, run in baselines.items()}
-        finite = {name: loss for name, loss in finals.items() if math.isfinite(loss)}
-        if not finite:
-            raise KoopsweepError(f"seed {seed}: every baseline diverged; no target to measure against")
-        goal["target"] = min(finite.values())
-        times = {}
-        for name, run in baselines.items():
-            hit = first_reaching(run.curve, goal["target"])
-            if hit is not None:
-                times[name] = hit.time_s
-        goal["best"] = min(times, key=times.get)
-        goal["best_time"] = times[goal["best"]]
-        for name, run in list(paused.items()):
-            finish(name, run)
-
-    for label in order:
-        if label in names:
-            baselines[label] = train(task, optimizer=label, lr=learning_rate(task, label)[0], max_steps=budget, **common)
-            if len(baselines) == len(names):
-                settle_target()
-        else:
-            acc = by_label[label]
-            run = TrainingRun(task, optimizer=acc.optimizer, lr=learning_rate(task, acc.optimizer)[0],
-                              koopman=acc.config, optimizer_params=acc.optimizer_params, **common)  # fmt: skip
-            if "target" in goal:
-                finish(label, run)
-            else:
-                run.advance(budget)
-                paused[label] = run
+    """All baselines and accelerated runs of one seed, paired by `koopsweep.pairing.run_paired` in an order
+    rotated by the seed; the accelerated runs train at least the budget."""
+    plain = [Side(name, name, learning_rate(task, name)[0]) for name in baselines]
+    jumping = [Side(acc.label, acc.optimizer, learning_rate(task, acc.optimizer)[0], acc.optimizer_params, acc.config)
+               for acc in accelerated]  # fmt: skip
+    pair = run_paired(task, plain, jumping, seed=seed, device=device, budget=budget, schedule=schedule,
+                      order="rotate", cap_factor=cap_factor, min_steps=budget)  # fmt: skip
+    if not math.isfinite(pair.target):
+        raise KoopsweepError(f"seed {seed}: every baseline diverged; no target to measure against")
+    baselines, finished, order = pair.baselines, pair.accelerated, pair.order
+    times = {name: hit.time_s for name, run in baselines.items() if (hit := first_reaching(run.curve, pair.target))}
+    best = min(times, key=times.get)
+    goal = {"target": pair.target, "best": best, "best_time": times[best]}
 
     target, best, best_time = goal["target"], goal["best"], goal["best_time"]
     runs = {name: _run_record(run, target, False) for name, run in baselines.items()}

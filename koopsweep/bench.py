@@ -1,16 +1,16 @@
 """`koopsweep bench`: a paired, repeated measurement of one configuration against its baselines.
 
 For each inner optimizer and seed, the plain optimizer and the accelerated one train the same model
-on the same batch stream, back to back in this process on one device, alternating which goes first so
-that slow drift of a shared machine does not favour either side. The accelerated run trains at least
-the baseline's budget (so its final loss is comparable at equal gradient steps) and, if it has not yet
-reached the baseline's target, goes on up to ``cap_factor`` times the budget and time. When it goes
-first it is paused at the budget, the baseline runs, and it resumes only if it must.
+on the same batch stream, back to back in this process on one device (`koopsweep.pairing.run_paired`,
+order "rotate": they alternate which goes first, so that slow drift of a shared machine does not favour
+either side). The accelerated run trains at least the baseline's budget (so its final loss is comparable
+at equal gradient steps) and, if it has not yet reached the baseline's target, goes on up to
+``cap_factor`` times the budget and time. When it goes first it is paused at the budget, the baseline
+runs, and it resumes only if it must.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +20,9 @@ from koopsweep import plugins
 from koopsweep.devices import device_label, resolve_device
 from koopsweep.errors import UsageError
 from koopsweep.knobs import KNOBS
-from koopsweep.measure import compare, iqr, median, target_loss
-from koopsweep.training import KoopmanConfig, TrainingRun, learning_rate, task_schedule, train
+from koopsweep.measure import compare, iqr, median
+from koopsweep.pairing import Side, run_paired
+from koopsweep.training import KoopmanConfig, learning_rate, task_schedule
 
 SHARED_KEYS = tuple(KNOBS)
 
@@ -103,30 +104,21 @@ def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None
     budget = settings.budget or task_cls.default_budget
     schedule = task_schedule(task_cls, budget, settings.schedule, settings.warmup)
     eval_every = task.checkpoint_interval(budget)
-    cap_steps = int(math.ceil(settings.cap_factor * budget))
     results: list[dict[str, Any]] = []
     rates: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     for optimizer in optimizers:
         lr, tuned = learning_rate(task_cls, optimizer)
         rates[optimizer] = {"lr": lr, "tuned": tuned, "params": split.optimizers[optimizer]}
+        plain = Side(optimizer, optimizer, lr, split.optimizers[optimizer])
+        jumping = Side("koopman", optimizer, lr, split.optimizers[optimizer], koopman=config)
         for seed in range(settings.seeds):
-            common = dict(
-                optimizer=optimizer, lr=lr, seed=seed, device=device, eval_every=eval_every,
-                optimizer_params=split.optimizers[optimizer], schedule=schedule,
-            )  # fmt: skip
-            koopman_first = seed % 2 == 1
-            run = TrainingRun(task, koopman=config, **common)
-            if koopman_first:
-                # Train the accelerated side for the baseline's budget, then the baseline, then go on
-                # with the accelerated run only as far as reaching the baseline's target needs.
-                run.advance(budget)
-                baseline = train(task, max_steps=budget, **common)
-            else:
-                baseline = train(task, max_steps=budget, **common)
-            target = target_loss(baseline, settings.target)
-            run.advance(cap_steps, stop_below=target, min_steps=budget, max_time_s=settings.cap_factor * baseline.time_s)
-            koopman = run.result()
+            # The accelerated run trains at least the budget, so its loss at equal steps is on record.
+            pair = run_paired(task, [plain], [jumping], seed=seed, device=device, budget=budget, schedule=schedule,
+                              order="rotate", target=settings.target, cap_factor=settings.cap_factor,
+                              min_steps=budget, eval_every=eval_every)  # fmt: skip
+            baseline, koopman = pair.baselines[optimizer], pair.accelerated["koopman"]
+            koopman_first = pair.order[0] == "koopman"
             c = compare(baseline, koopman, target=settings.target)
             at_budget = next((p.loss for p in koopman.curve if p.step >= budget), koopman.final_loss)
             results.append(

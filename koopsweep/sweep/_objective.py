@@ -200,52 +200,40 @@ class Objective:
                 self.tracker.guarded("end the trial's run", self.tracker.finish, trial_run, status)
 
     def measure(self, trial: optuna.Trial, config, optimizer_params: dict[str, Any]) -> TrialMeasurement:
-        from koopsweep.measure import compare, first_reaching, target_loss
-        from koopsweep.training import train
+        from koopsweep.measure import compare, first_reaching
+        from koopsweep.pairing import Side, run_paired
 
         spec = self.spec
         comparisons, koopman_runs, baseline_runs = [], [], []
         max_steps = int(math.ceil(spec.cap_factor * self.budget))
+        baselines = [Side(name, name, self.lr(name), dict(spec.optimizer_params.get(name, {}))) for name in spec.baselines]
+        accelerated = Side("koopman", spec.optimizer, spec.lr or self.lr(spec.optimizer), optimizer_params, koopman=config)
         for index, seed in enumerate(spec.seeds):
-            baselines = {
-                name: train(
-                    self.task, optimizer=name, lr=self.lr(name), seed=seed, device=self.device, max_steps=self.budget,
-                    optimizer_params=spec.optimizer_params.get(name), schedule=self.schedule,
-                )  # fmt: skip
-                for name in spec.baselines
-            }
-            for name, run in baselines.items():
-                if run.stopped == "diverged":
-                    raise TrialFailed(f"baseline {name} diverged on seed {seed}; check the task's tuned learning rate")
-            primary = baselines[spec.primary_baseline]
-            targets = {name: target_loss(run, spec.target) for name, run in baselines.items()}
             offset = index * (max_steps + 1)
 
-            def report(point, primary=primary, offset=offset) -> bool:
-                # Intermediate value: how much sooner than the primary baseline this loss was reached.
-                hit = first_reaching(primary.curve, point.loss)
-                base_time = hit.time_s if hit else primary.time_s
-                if point.time_s <= 0 or len(spec.directions) > 1:
-                    return False
-                trial.report(base_time / point.time_s, offset + point.step)
-                return trial.should_prune()
+            def pruning(done, offset=offset):
+                primary = done[spec.primary_baseline]
+                for name, run in done.items():
+                    if run.stopped == "diverged":
+                        raise TrialFailed(f"baseline {name} diverged on seed {seed}; check the task's tuned learning rate")
 
-            koopman = train(
-                self.task,
-                optimizer=spec.optimizer,
-                lr=spec.lr or self.lr(spec.optimizer),
-                seed=seed,
-                device=self.device,
-                max_steps=max_steps,
-                koopman=config,
-                eval_every=self.task.checkpoint_interval(self.budget),
-                stop_below=min(targets.values()),
-                max_time_s=spec.cap_factor * max(run.time_s for run in baselines.values()),
-                on_checkpoint=report,
-                optimizer_params=optimizer_params,
-                schedule=self.schedule,
-            )
-            baseline_runs += list(baselines.values())
+                def report(point) -> bool:
+                    # Intermediate value: how much sooner than the primary baseline this loss was reached.
+                    hit = first_reaching(primary.curve, point.loss)
+                    base_time = hit.time_s if hit else primary.time_s
+                    if point.time_s <= 0 or len(spec.directions) > 1:
+                        return False
+                    trial.report(base_time / point.time_s, offset + point.step)
+                    return trial.should_prune()
+
+                return report
+
+            # Baselines first: the pruner judges the accelerated run's checkpoints against their curves.
+            pair = run_paired(self.task, baselines, [accelerated], seed=seed, device=self.device, budget=self.budget,
+                              schedule=self.schedule, order="baselines-first", target=spec.target,
+                              cap_factor=spec.cap_factor, hook=pruning)  # fmt: skip
+            koopman = pair.accelerated["koopman"]
+            baseline_runs += list(pair.baselines.values())
             koopman_runs.append(koopman)
             if koopman.stopped == "pruned":
                 raise optuna.TrialPruned()
@@ -254,7 +242,7 @@ class Objective:
                     f"the accelerated run diverged on seed {seed} (loss {koopman.final_loss}); "
                     f"rejections: {(koopman.stats or {}).get('rejections')}"
                 )
-            comparisons += [compare(run, koopman, target=spec.target) for run in baselines.values()]
+            comparisons += [compare(run, koopman, target=spec.target) for run in pair.baselines.values()]
         return TrialMeasurement(config, optimizer_params, comparisons, koopman_runs, baseline_runs)
 
     def objective_values(self, measurement: TrialMeasurement) -> float | tuple[float, float]:
