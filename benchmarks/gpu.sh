@@ -52,7 +52,7 @@ python3 benchmarks/variant_speed.py --device cuda --node-svd-max-window 16 --jso
 # (`koopsweep bench` with no --variant or --param). Budgets are cut so that the three fit in a few
 # minutes; GPU_TASK_SEEDS (default 2) sets the paired seeds.
 task_seeds="${GPU_TASK_SEEDS:-2}"
-for row in "charlm-transformer:adamw:600" "mnist1d-cnn:adam:3000" "pinn-burgers:adam:2000"; do
+for row in "charlm-transformer:muon:600" "mnist1d-cnn:muon:3000" "pinn-burgers:adamw:2000"; do
     IFS=: read -r task optimizer budget <<<"$row"
     echo "== $task at its gpu size: $optimizer with and without the default accelerator, $task_seeds seeds"
     python3 -m koopsweep bench "$task" --param task.size=gpu --optimizer "$optimizer" --budget "$budget" \
