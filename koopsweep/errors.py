@@ -1,7 +1,8 @@
 """Errors that koopsweep reports to its users.
 
 Every error a user can cause derives from `KoopsweepError`; the CLI prints its message on one line
-(no traceback unless ``--debug``) and exits with ``exit_code``: 2 for bad input, 1 for a runtime failure.
+(no traceback unless ``--debug``) and exits with ``exit_code``: 2 for bad input, 1 for a runtime failure,
+75 when the study's database stayed unreachable past the worker's retry bound.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ class PluginValidationError(KoopsweepError):
 
 class PluginLoadError(KoopsweepError):
     """A plugin raised while being imported; the original error is chained as ``__cause__``."""
+
+
+class StorageUnavailable(KoopsweepError):
+    """The study's database did not answer for longer than the worker's ``--storage-retry`` bound; the
+    results the worker could not write are kept locally and written by the next run."""
+
+    #: EX_TEMPFAIL (sysexits.h): a temporary failure, try again later; distinct from a bug or bad input.
+    exit_code = 75
 
 
 class ParameterError(UsageError, ValueError):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from koopsweep.measure import format_speedup, median
+from koopsweep.tracking import TRIAL_TAG
 
 #: The tag of a trial's run that holds the first seed's last-fit eigenvalues (see `eigenvalues_tag`).
 EIGENVALUES_TAG = "koopsweep.eigenvalues"
@@ -105,7 +106,7 @@ def log_trial(tracker, context: TrialContext, number: int, run_id: str, measurem
             context.parent_run_id,
             f"trial-{number}-{baseline.optimizer}-seed{baseline.seed}",
             "baseline",
-            {"koopsweep.trial": str(number), "koopsweep.optimizer": baseline.optimizer},
+            {TRIAL_TAG: str(number), "koopsweep.optimizer": baseline.optimizer},
         )
         if not child:
             continue

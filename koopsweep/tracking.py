@@ -26,6 +26,8 @@ MAX_TAGS = 100  # ... and on tags per call
 
 ROLE_TAG = "koopsweep.role"
 STUDY_TAG = "koopsweep.study"
+#: On a trial's run and on each of its baseline runs: the Optuna trial number.
+TRIAL_TAG = "koopsweep.trial"
 
 #: Seconds during which a tracker that found the server unreachable skips tracking calls.
 OFFLINE_RETRY_S = 60.0
@@ -175,6 +177,15 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+    def fail_open_runs(self, trial_number: int) -> list[str]:
+        """End as FAILED every run of trial ``trial_number`` still RUNNING (the trial's own and its
+        baselines', all tagged ``koopsweep.trial``): its worker died. Returns their ids."""
+        query = f"tags.`{TRIAL_TAG}` = '{trial_number}' and attributes.status = 'RUNNING'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, "FAILED")
+        return [run.info.run_id for run in runs]
 
     def mark_running(self, run_id: str) -> None:
         """A run that was ended (the study's, when more trials come) is RUNNING again."""

@@ -201,7 +201,24 @@ def check_killed_trial_was_retried(trials, killed, workdir) -> optuna.trial.Froz
     # Only the killed trial failed; numbers have no gaps or duplicates.
     assert [t.number for t in trials if t.state not in DONE] == [killed.number]
     assert sorted(by_number) == list(range(len(trials)))
+    # No trial or baseline run is left RUNNING in MLflow: the dead worker's were ended as FAILED.
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    open_runs = client.search_runs(experiments, "attributes.status = 'RUNNING'")
+    assert [r.data.tags.get("koopsweep.role") for r in open_runs if r.data.tags.get("koopsweep.role") != "study"] == []
     return retry
+
+
+def test_the_runs_a_dead_worker_had_open_for_a_trial_are_all_failed(workdir):
+    from koopsweep.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{workdir / 'mlflow.db'}", "dead")
+    parent = tracker.start_study_run("dead", "{}", {})
+    trial_run = tracker.start_child(parent, "trial-3", "trial", {"koopsweep.trial": "3"})
+    baseline = tracker.start_child(parent, "trial-3-adam", "baseline", {"koopsweep.trial": "3"})
+    other = tracker.start_child(parent, "trial-4", "trial", {"koopsweep.trial": "4"})
+    assert sorted(tracker.fail_open_runs(3)) == sorted([trial_run, baseline])
+    status = {run: tracker.client.get_run(run).info.status for run in (parent, trial_run, baseline, other)}
+    assert status == {parent: "RUNNING", trial_run: "FAILED", baseline: "FAILED", other: "RUNNING"}
 
 
 def test_a_worker_killed_mid_trial_is_failed_and_retried_while_others_go_on(workdir, postgres_url):

@@ -7,7 +7,7 @@ import json
 import click
 
 from koopsweep.cli._common import JSON_OPTION, STORAGE_OPTION, quiet_optuna
-from koopsweep.errors import KoopsweepError
+from koopsweep.errors import KoopsweepError, StorageUnavailable
 
 @click.group("study")
 def study() -> None:
@@ -53,14 +53,19 @@ def study_create(spec_file: str, storage: str | None) -> None:
 @click.option("--threads", type=click.IntRange(min=1),
               help="Torch CPU threads per worker (default: 1 for each of several CPU workers started by --jobs, "
                    "so they do not spin against each other; else torch's own, or $OMP_NUM_THREADS).")
+@click.option("--storage-retry", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",
+              help="Ride out an outage of the study's database (a restart, a failover) for up to this long: "
+                   "every storage call is retried with backoff and the trial in flight goes on. Past it the "
+                   "worker exits with code 75 and keeps its unwritten results in a local file, which the next "
+                   "'study run' of the study on this machine writes first. 0: fail at once.")
 @click.option("--until-total", type=int, hidden=True)
 @click.option("--worker-index", type=int, default=0, hidden=True)
 @click.option("--quiet", is_flag=True, hidden=True)
 @STORAGE_OPTION
 def study_run(
     target: str, n_trials: int | None, timeout: float | None, jobs: int, devices: str | None,
-    heartbeat_interval: int | None, threads: int | None, until_total: int | None, worker_index: int, quiet: bool,
-    storage: str | None,
+    heartbeat_interval: int | None, threads: int | None, storage_retry: float, until_total: int | None,
+    worker_index: int, quiet: bool, storage: str | None,
 ) -> None:  # fmt: skip
     """Run trials of a study, creating it first when SPEC_OR_NAME is a spec file and it does not exist yet.
 
@@ -82,7 +87,13 @@ def study_run(
         name = given.name
     else:
         url, name = sweep.resolve_storage(storage), target
-    study_obj, stored = sweep.load_study(name, url, heartbeat_interval=heartbeat_interval, worker_index=worker_index)
+    study_obj, stored = sweep.load_study(
+        name, url, heartbeat_interval=heartbeat_interval, worker_index=worker_index, storage_retry=storage_retry
+    )  # fmt: skip
+    kept = sweep.write_kept_results(study_obj, url)
+    if kept:
+        click.echo(f"wrote {len(kept)} result(s) kept from an earlier storage outage: trial(s) "
+                   f"{', '.join(map(str, kept))}", err=True)  # fmt: skip
     if given is not None and stored.dumps() != given.dumps():
         raise KoopsweepError(
             f"study {name!r} already exists with a different spec than {target}; "
@@ -113,7 +124,8 @@ def study_run(
             _run_with_progress(study_obj, spec, remaining, own, timeout, device_list[0], until_total)
     else:
         _run_workers(
-            study_obj, spec, url, remaining, n_trials, until_total, timeout, jobs, device_list, heartbeat_interval, threads
+            study_obj, spec, url, remaining, n_trials, until_total, timeout, jobs, device_list, heartbeat_interval, threads,
+            storage_retry,
         )  # fmt: skip
     if not quiet:
         _print_summary(study_obj, spec, as_json=False)
@@ -168,7 +180,8 @@ def _run_with_progress(study_obj, spec, expected: int, n_trials: int | None, tim
 
 
 def _run_workers(study_obj, spec, url, expected: int, n_trials: int | None, until_total: int | None,
-                 timeout, jobs, devices, heartbeat_interval, threads: int | None) -> None:  # fmt: skip
+                 timeout, jobs, devices, heartbeat_interval, threads: int | None,
+                 storage_retry: float) -> None:  # fmt: skip
     """Start ``jobs`` worker processes and follow the shared study until they all exit: with ``n_trials``,
     they split that many trials between them; else they run until the study holds ``until_total``."""
     import os
@@ -187,7 +200,7 @@ def _run_workers(study_obj, spec, url, expected: int, n_trials: int | None, unti
         worker_threads = cpu_threads if device == "cpu" else threads
         command = sweep.worker_command(
             spec.name, url, n_trials=share, until_total=until_total, device=device, index=i + 1, timeout=timeout,
-            heartbeat_interval=heartbeat_interval, threads=worker_threads,
+            heartbeat_interval=heartbeat_interval, threads=worker_threads, storage_retry=storage_retry,
         )  # fmt: skip
         workers.append(subprocess.Popen(command, env=env))
     ours = {sweep.worker_label(w.pid) for w in workers}
@@ -207,6 +220,10 @@ def _run_workers(study_obj, spec, url, expected: int, n_trials: int | None, unti
             w.terminate()
         raise
     failed = [w.returncode for w in workers if w.returncode != 0]
+    outage = StorageUnavailable.exit_code
+    if failed and all(code == outage for code in failed):
+        raise StorageUnavailable(f"{len(failed)} of {len(workers)} workers stopped because the study's storage "
+                                 "stayed unreachable; see their messages above")  # fmt: skip
     if failed:
         raise KoopsweepError(f"{len(failed)} of {len(workers)} workers failed (exit codes {failed}); see their messages above")
 

@@ -2,19 +2,21 @@
 
 Optuna does the sampling, pruning, storage and heartbeats; this package only translates between a
 `StudySpec` and Optuna (`_studies`), keeps where a study lives and what a dead worker leaves
-(`_storage`), runs one trial as a paired measurement (`_objective`) and runs workers (`_workers`).
+(`_storage`) and what it does through a database outage (`_resilient`), runs one trial as a paired measurement (`_objective`) and runs workers (`_workers`).
 """
 
 from koopsweep.sweep._objective import (
     Objective, TrialFailed, TrialMeasurement, suggest, suggest_config, suggest_optimizer_params, variant_names,
     worker_label,
 )  # fmt: skip
+from koopsweep.sweep._resilient import DEFAULT_STORAGE_RETRY, PendingResults, ResilientStorage, is_outage
 from koopsweep.sweep._storage import (
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_STORAGE, PARENT_RUN_ATTR, SAMPLER_ATTR, SPEC_ATTR, STORAGE_ENV, TRACKING_ATTR,
     RetryStaleTrial, open_storage, resolve_storage, study_tracking_uri,
 )  # fmt: skip
 from koopsweep.sweep._studies import (
     build_pruner, build_sampler, create_study, delete_study, load_study, objective_names, study_exists,
+    write_kept_results,
 )  # fmt: skip
 from koopsweep.sweep._workers import (
     FINISHED_STATES, StopAtTotal, finished_trials, retried_numbers, run_worker, split_trials, study_done,
@@ -23,7 +25,8 @@ from koopsweep.sweep._workers import (
 from koopsweep.tracking import mask_uri
 
 __all__ = [
-    "DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_STORAGE", "FINISHED_STATES", "PARENT_RUN_ATTR", "SAMPLER_ATTR", "SPEC_ATTR",
+    "DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_STORAGE", "DEFAULT_STORAGE_RETRY", "PendingResults", "ResilientStorage",
+    "is_outage", "write_kept_results", "FINISHED_STATES", "PARENT_RUN_ATTR", "SAMPLER_ATTR", "SPEC_ATTR",
     "STORAGE_ENV", "TRACKING_ATTR", "Objective", "RetryStaleTrial", "StopAtTotal", "TrialFailed", "TrialMeasurement",
     "build_pruner", "build_sampler", "create_study", "delete_study", "finished_trials", "load_study", "mask_uri",
     "objective_names", "open_storage", "resolve_storage", "retried_numbers", "run_worker", "split_trials",

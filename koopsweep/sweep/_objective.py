@@ -16,7 +16,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from koopsweep import plugins, reporting
 from koopsweep.errors import KoopsweepError, UsageError
 from koopsweep.spec import StudySpec
-from koopsweep.tracking import Tracker
+from koopsweep.tracking import TRIAL_TAG, Tracker
 
 
 class TrialFailed(KoopsweepError):
@@ -173,7 +173,7 @@ class Objective:
                 self.parent_run_id,
                 f"trial-{trial.number}-{config.variant}",
                 "trial",
-                {"koopsweep.trial": str(trial.number), "koopsweep.variant": config.variant},
+                {TRIAL_TAG: str(trial.number), "koopsweep.variant": config.variant},
             )
             if trial_run:
                 trial.set_user_attr("mlflow_run_id", trial_run)

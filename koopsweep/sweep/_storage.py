@@ -12,6 +12,7 @@ import optuna
 
 from koopsweep.errors import KoopsweepError, UsageError, redact
 from koopsweep.spec import StudySpec, spec_from_json
+from koopsweep.sweep._resilient import ResilientStorage
 from koopsweep.tracking import Tracker, mask_uri, resolve_tracking_uri
 
 DEFAULT_STORAGE = "sqlite:///koopsweep.db"
@@ -39,11 +40,16 @@ def _storage_file(url: str) -> str | None:
     return None
 
 
-def open_storage(url: str, *, heartbeat_interval: int | None = None, max_retry: int = 1, create: bool = True):
+def open_storage(
+    url: str, *, heartbeat_interval: int | None = None, max_retry: int = 1, create: bool = True,
+    retry_for: float = 0,
+):  # fmt: skip
     """An Optuna storage for ``url``: RDB (sqlite, postgresql, ...) or a journal file (``*.log`` or
     ``journal:///path``). RDB storages get heartbeats, so a trial whose worker died is failed and retried.
     With ``create=False`` a missing SQLite or journal file is an error instead of a new empty storage
-    (reading commands must not leave files behind)."""
+    (reading commands must not leave files behind). With ``retry_for`` (a worker's ``--storage-retry``)
+    an RDB storage rides out a database outage of up to that many seconds (`ResilientStorage`), and a
+    server's pooled connections are checked before each use."""
     path = _storage_file(url)
     if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         raise UsageError(f"storage {mask_uri(url)}: the folder {os.path.dirname(os.path.abspath(path))} does not exist")
@@ -69,7 +75,14 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, max_retry: 
                     grace_period=max(2 * heartbeat_interval, heartbeat_interval + 5),
                     heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=max_retry),
                 )
-            return optuna.storages.RDBStorage(url, **kwargs)
+            if not url.startswith("sqlite"):
+                # A pooled connection the server dropped (a restart, a failover, an idle timeout) is
+                # noticed and replaced at checkout instead of failing the call that uses it.
+                kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+            storage = optuna.storages.RDBStorage(url, **kwargs)
+        if retry_for > 0:
+            return ResilientStorage(optuna.storages.get_storage(storage), url, retry_for=retry_for)
+        return storage
     except UsageError:
         raise
     except Exception as exc:
@@ -90,7 +103,7 @@ def _storage_error(url: str, exc: Exception) -> KoopsweepError:
 
 class RetryStaleTrial:
     """What happens to a trial whose worker died (its heartbeat went stale, and Optuna marked it FAIL):
-    its MLflow run is ended as FAILED, then Optuna's own callback queues the same parameters again as a
+    its MLflow runs still open (the trial's, a baseline's being logged) are ended as FAILED, then Optuna's own callback queues the same parameters again as a
     WAITING trial, which the next free worker picks up. Runs in whichever worker noticed the stale trial."""
 
     #: Attributes that describe one attempt, not the parameters: the retry gets its own.
@@ -102,16 +115,16 @@ class RetryStaleTrial:
             self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            _end_run_of_dead_worker(study, run_id)
+        _end_runs_of_dead_trial(study, trial.number)
         attempt = copy.copy(trial)
         attempt.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in self.PER_ATTEMPT}
         attempt.user_attrs["retry_of"] = trial.number
         self.retry(study, attempt)
 
 
-def _end_run_of_dead_worker(study: optuna.Study, run_id: str) -> None:
+def _end_runs_of_dead_trial(study: optuna.Study, number: int) -> None:
+    """End as FAILED every MLflow run the dead worker had open for trial ``number`` (the trial's own
+    and any baseline run it was logging), so that the MLflow UI shows no dead trial as running."""
     raw = study.user_attrs.get(SPEC_ATTR)
     if raw is None:
         return
@@ -121,12 +134,12 @@ def _end_run_of_dead_worker(study: optuna.Study, run_id: str) -> None:
     except Exception as exc:  # tracking must never stop the worker that noticed the dead one
         warnings.warn(
             f"MLflow tracking at {mask_uri(uri)} is unreachable ({type(exc).__name__}); "
-            f"run {run_id} of a dead worker's trial stays RUNNING there",
+            f"the runs of dead trial {number} stay RUNNING there",
             RuntimeWarning,
             stacklevel=2,
         )
         return
-    tracker.guarded("end a dead worker's trial run", tracker.finish, run_id, "FAILED")
+    tracker.guarded("end a dead worker's runs", tracker.fail_open_runs, number)
 
 
 def study_tracking_uri(study: optuna.Study, spec: StudySpec) -> str:

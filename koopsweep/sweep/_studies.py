@@ -10,6 +10,7 @@ import optuna
 
 from koopsweep.errors import UsageError
 from koopsweep.spec import StudySpec, check_plugins, spec_from_json
+from koopsweep.sweep._resilient import PendingResults, ResilientStorage, replay_pending
 from koopsweep.sweep._storage import (
     DEFAULT_HEARTBEAT_INTERVAL, PARENT_RUN_ATTR, SAMPLER_ATTR, SPEC_ATTR, TRACKING_ATTR, _storage_file, open_storage,
 )  # fmt: skip
@@ -119,11 +120,18 @@ def _study_names(storage) -> list[str]:
 
 
 def load_study(
-    name: str, storage_url: str, *, heartbeat_interval: int | None = None, worker_index: int = 0
-) -> tuple[optuna.Study, StudySpec]:
+    name: str, storage_url: str, *, heartbeat_interval: int | None = None, worker_index: int = 0,
+    storage_retry: float = 0,
+) -> tuple[optuna.Study, StudySpec]:  # fmt: skip
     """Open an existing koopsweep study and the spec stored in it. On RDB storages its running trials
-    send heartbeats (every ``heartbeat_interval`` seconds, 60 by default)."""
-    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL, create=False)
+    send heartbeats (every ``heartbeat_interval`` seconds, 60 by default); with ``storage_retry`` (for
+    workers) the storage rides out database outages of up to that many seconds (`ResilientStorage`)."""
+    storage = open_storage(
+        storage_url, heartbeat_interval=heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL, create=False,
+        retry_for=storage_retry,
+    )  # fmt: skip
+    if isinstance(storage, ResilientStorage):
+        storage.pending = PendingResults(storage_url, name)
     names = _study_names(storage)
     if name not in names:
         listing = ", ".join(names) if names else "none"
@@ -145,3 +153,9 @@ def delete_study(name: str, storage_url: str) -> None:
     if name not in _study_names(storage):
         raise UsageError(f"no study named {name!r} in {mask_uri(storage_url)}")
     optuna.delete_study(study_name=name, storage=storage)
+
+
+def write_kept_results(study: optuna.Study, storage_url: str) -> list[int]:
+    """Write to ``study`` the results that a worker on this machine measured but could not write when
+    its storage stayed unreachable (`PendingResults`); returns the trial numbers they were written as."""
+    return replay_pending(study, PendingResults(storage_url, study.study_name))

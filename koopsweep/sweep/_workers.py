@@ -12,6 +12,7 @@ import optuna
 from koopsweep.errors import KoopsweepError
 from koopsweep.spec import StudySpec
 from koopsweep.sweep._objective import Objective, TrialFailed, worker_label  # noqa: F401 (re-exported)
+from koopsweep.sweep._resilient import ResilientStorage, describe_error, is_outage
 from koopsweep.sweep._storage import PARENT_RUN_ATTR, study_tracking_uri
 from koopsweep.tracking import Tracker, mask_uri
 
@@ -112,9 +113,26 @@ def run_worker(
     tracker.guarded("mark the study's run as running", tracker.mark_running, parent)
     try:
         _optimize_until_done(study, objective, n_trials, timeout, callbacks, stopper)
-    finally:
-        if study_done(study, spec):
-            tracker.guarded("finish the study's run", tracker.finish, parent, "FINISHED")
+    except Exception as exc:
+        raise _storage_failure(study, exc) or exc
+    if study_done(study, spec):
+        tracker.guarded("finish the study's run", tracker.finish, parent, "FINISHED")
+
+
+def _storage_failure(study: optuna.Study, exc: Exception) -> KoopsweepError | None:
+    """What a worker's failure really was when its storage is behind it: `StorageUnavailable` once a
+    `ResilientStorage` has given up, or one line naming the storage for a database that could not be
+    reached. (Optuna masks a failed tell as an ``UnboundLocalError``, optuna/optuna#5280; the storage's
+    own error is in the chain.) None for any other error."""
+    storage = study._storage
+    if isinstance(storage, ResilientStorage) and storage.gave_up is not None:
+        return storage.gave_up
+    if is_outage(exc):
+        url = getattr(storage, "url", None) or getattr(getattr(storage, "_backend", None), "url", "")
+        return KoopsweepError(f"the study's storage {mask_uri(url)} failed ({describe_error(exc)}); the trial in "
+                              "flight was not recorded (run workers with --storage-retry SECONDS to ride out outages)")
+    return None
+
 
 
 def study_done(study: optuna.Study, spec: StudySpec) -> bool:
@@ -163,6 +181,7 @@ def _heartbeat_interval(study: optuna.Study) -> int | None:
 def worker_command(
     name: str, storage_url: str, *, n_trials: int | None, until_total: int | None, device: str, index: int,
     timeout: float | None, heartbeat_interval: int | None, threads: int | None = None,
+    storage_retry: float | None = None,
 ) -> list[str]:  # fmt: skip
     """The command line of one worker process (the same `study run`, told its share or the study-wide
     target, and its device).
@@ -185,6 +204,8 @@ def worker_command(
         command += ["--heartbeat-interval", str(heartbeat_interval)]
     if threads is not None:
         command += ["--threads", str(threads)]
+    if storage_retry is not None:
+        command += ["--storage-retry", str(storage_retry)]
     return command
 
 
