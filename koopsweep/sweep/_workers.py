@@ -114,7 +114,10 @@ def run_worker(
     try:
         _optimize_until_done(study, objective, n_trials, timeout, callbacks, stopper)
     except Exception as exc:
-        raise _storage_failure(study, exc) or exc
+        failure = _storage_failure(study, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     if study_done(study, spec):
         tracker.guarded("finish the study's run", tracker.finish, parent, "FINISHED")
 
