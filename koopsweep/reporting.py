@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from koopsweep.measure import format_speedup, median
-from koopsweep.tracking import TRIAL_TAG
+from koopsweep.tracking import TRACKING_MISSED_ATTR, TRIAL_TAG
 
 #: The tag of a trial's run that holds the first seed's last-fit eigenvalues (see `eigenvalues_tag`).
 EIGENVALUES_TAG = "koopsweep.eigenvalues"
@@ -165,6 +165,7 @@ def study_summary(study, spec, top: int = 5) -> dict[str, Any]:
         per_variant.setdefault(t.params.get("variant"), row(t))
     untuned = sorted({name for t in trials for name in t.user_attrs.get("untuned_lrs", [])})
     return {
+        "tracking_missed": sum(1 for t in trials if t.user_attrs.get(TRACKING_MISSED_ATTR)),
         "study": study.study_name,
         "task": spec.task,
         "optimizer": spec.optimizer,
@@ -272,6 +273,12 @@ def summary_lines(summary: dict[str, Any], width: int = 80, wide: bool = False) 
         )
     if untuned:
         notes.append(f"* untuned: {summary['task']} has no tuned rate for {', '.join(untuned)}, so its default_lr ran.")
+    missed = summary.get("tracking_missed", 0)
+    if missed:
+        notes.append(
+            f"{missed} trial(s) ran while MLflow tracking failed: their results are here (Optuna has them) but "
+            f"part or all of them is missing from MLflow (user attribute {TRACKING_MISSED_ATTR})."
+        )
     lines.append("")
     for note in notes:
         lines += textwrap.wrap(note, width)

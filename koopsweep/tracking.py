@@ -28,6 +28,8 @@ ROLE_TAG = "koopsweep.role"
 STUDY_TAG = "koopsweep.study"
 #: On a trial's run and on each of its baseline runs: the Optuna trial number.
 TRIAL_TAG = "koopsweep.trial"
+#: Optuna user attribute of a trial that ran while MLflow tracking failed: MLflow lacks part of it.
+TRACKING_MISSED_ATTR = "tracking_missed"
 
 #: Seconds during which a tracker that found the server unreachable skips tracking calls.
 OFFLINE_RETRY_S = 60.0
@@ -157,6 +159,10 @@ class Tracker:
             self.experiment_id = experiment.experiment_id
         self._warned = False
         self._offline_since: float | None = None  # monotonic time of the last failed call
+        #: Tracking calls that failed so far in this process (a trial compares it before and after).
+        self.failures = 0
+        #: Runs whose end could not be written (the server was away), ended once it answers again.
+        self._unended: dict[str, str] = {}
 
     # ------------------------------------------------------------------ runs
     def start_study_run(self, study_name: str, spec_json: str, params: Mapping[str, Any]) -> str:
@@ -240,6 +246,9 @@ class Tracker:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:  # MLflow raises many types (HTTP, SQL, REST); none may stop a sweep
+            self.failures += 1
+            if fn == self.finish:
+                self._unended[args[0]] = args[1] if len(args) > 1 else kwargs.get("status", "FINISHED")
             if _unreachable(exc):
                 self._offline_since = time.monotonic()
             if not self._warned:
@@ -253,7 +262,17 @@ class Tracker:
             return None
         if self._offline_since is not None and self._offline_since < started:
             self._offline_since = None  # it answered again
+        if self._unended and fn != self.finish:
+            self._end_unended()
         return result
+
+    def _end_unended(self) -> None:
+        """End the runs whose end was lost while the server was away (else they stay RUNNING for good)."""
+        for run_id, status in list(self._unended.items()):
+            del self._unended[run_id]
+            self.guarded("end a run left open while the server was away", self.finish, run_id, status)
+            if run_id in self._unended:  # it failed again (and was recorded again): the server is away
+                return
 
 
 def _param_value(value: Any) -> str:

@@ -16,7 +16,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from koopsweep import plugins, reporting
 from koopsweep.errors import KoopsweepError, UsageError
 from koopsweep.spec import StudySpec
-from koopsweep.tracking import TRIAL_TAG, Tracker
+from koopsweep.tracking import TRACKING_MISSED_ATTR, TRIAL_TAG, Tracker
 
 
 class TrialFailed(KoopsweepError):
@@ -166,6 +166,7 @@ class Objective:
         if untuned:
             trial.set_user_attr("untuned_lrs", untuned)
         trial_run = None
+        failures_before = self.tracker.failures if self.tracker else 0
         if self.tracker and self.parent_run_id:
             trial_run = self.tracker.guarded(
                 "start the trial's run",
@@ -198,6 +199,9 @@ class Objective:
         finally:
             if trial_run:
                 self.tracker.guarded("end the trial's run", self.tracker.finish, trial_run, status)
+            if self.tracker and self.tracker.failures > failures_before:
+                # Optuna has the result; MLflow lacks some or all of this trial (`study show` counts them).
+                trial.set_user_attr(TRACKING_MISSED_ATTR, True)
 
     def measure(self, trial: optuna.Trial, config, optimizer_params: dict[str, Any]) -> TrialMeasurement:
         from koopsweep.measure import compare, first_reaching

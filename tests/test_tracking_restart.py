@@ -1,0 +1,40 @@
+"""The tracking server goes away mid-study and comes back (issue 17, item 2): with a real `mlflow server`
+stopped and started again on the same port and store."""
+
+from koopsweep import tracking
+from koopsweep.tracking import Tracker, start_ui_server
+
+
+def test_a_run_whose_end_was_lost_is_ended_once_the_server_is_back(fresh_mlflow_server, monkeypatch):
+    server = fresh_mlflow_server
+    tracker = Tracker(server.url, "restart")
+    parent = tracker.start_study_run("restart", "{}", {})
+    trial_run = tracker.start_child(parent, "trial-0", "trial", {tracking.TRIAL_TAG: "0"})
+    server.stop()
+    assert tracker.guarded("end the trial's run", tracker.finish, trial_run, "FINISHED") is None
+    assert tracker.failures == 1
+    monkeypatch.setattr(tracking, "OFFLINE_RETRY_S", 0.0)  # try the server again at the next call
+    server.process = start_ui_server(
+        f"sqlite:///{server.folder / 'srv.db'}", port=server.port, default_artifact_root=str(server.folder / "artifacts"),
+        timeout=120,
+    )  # fmt: skip
+    # The next call that reaches the server logs again and ends the run left open.
+    later = tracker.guarded("start the trial's run", tracker.start_child, parent, "trial-1", "trial", {tracking.TRIAL_TAG: "1"})
+    assert later is not None
+    assert tracker.client.get_run(trial_run).info.status == "FINISHED"
+    assert tracker.client.get_run(later).info.status == "RUNNING"
+    assert tracker.failures == 1
+
+
+def test_study_show_counts_the_trials_that_ran_while_tracking_failed():
+    from koopsweep.reporting import summary_lines
+
+    summary = {
+        "study": "s", "task": "digits-mlp", "optimizer": "adam", "baselines": ["adam"], "untuned_lrs": [],
+        "objective": "speedup", "directions": ["maximize"], "trials_by_state": {"COMPLETE": 3},
+        "best_trials": [], "best_per_variant": {}, "tracking_missed": 2,
+    }  # fmt: skip
+    text = " ".join(summary_lines(summary))
+    assert "2 trial(s) ran while MLflow tracking failed" in text
+    summary["tracking_missed"] = 0
+    assert "tracking failed" not in " ".join(summary_lines(summary))
