@@ -6,8 +6,8 @@ environment cannot capture them. Curves are sent with `log_batch`, at most 1,000
 
 Tracking must never cost a result: `Tracker` methods used during a sweep catch MLflow errors, warn once
 and carry on (the Optuna storage still holds every trial). While the tracking server is unreachable
-the tracker stops calling it for `OFFLINE_RETRY_S` seconds at a time, so an outage costs a trial a few
-seconds instead of minutes of retries per call.
+the tracker stops calling it for `OFFLINE_RETRY_S` seconds at a time (or ``$KOOPSWEEP_TRACKING_RETRY``),
+so an outage costs a trial a few seconds instead of minutes of retries per call.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ TRIAL_TAG = "koopsweep.trial"
 #: Optuna user attribute of a trial that ran while MLflow tracking failed: MLflow lacks part of it.
 TRACKING_MISSED_ATTR = "tracking_missed"
 
-#: Seconds during which a tracker that found the server unreachable skips tracking calls.
+#: Seconds during which a tracker that found the server unreachable skips tracking calls; an operator
+#: may set their own in this environment variable (a positive number of seconds).
 OFFLINE_RETRY_S = 60.0
+OFFLINE_RETRY_ENV = "KOOPSWEEP_TRACKING_RETRY"
 
 #: MLflow's HTTP defaults (7 retries with doubling back-off, 120 s timeout) stall every call for
 #: minutes while a server is down. koopsweep's processes use these unless the user set their own.
@@ -53,6 +55,23 @@ def use_http_defaults() -> None:
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def offline_retry_s() -> float:
+    """Seconds between tries of a tracking server that went away: ``$KOOPSWEEP_TRACKING_RETRY``, else
+    `OFFLINE_RETRY_S`."""
+    from koopsweep.errors import UsageError
+
+    raw = os.environ.get(OFFLINE_RETRY_ENV, "").strip()
+    if not raw:
+        return OFFLINE_RETRY_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise UsageError(f"{OFFLINE_RETRY_ENV}={raw!r}: expected a number of seconds >= 0")
+    return seconds
 
 
 def resolve_tracking_uri(spec_uri: str | None = None) -> str:
@@ -150,6 +169,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri
+        self.offline_retry_s = offline_retry_s()
         self.client = MlflowClient(tracking_uri=tracking_uri)
         experiment = self.client.get_experiment_by_name(experiment_name)  # also makes a new store's schema
         use_write_ahead_log(tracking_uri)
@@ -186,12 +206,33 @@ class Tracker:
 
     def fail_open_runs(self, trial_number: int) -> list[str]:
         """End as FAILED every run of trial ``trial_number`` still RUNNING (the trial's own and its
-        baselines', all tagged ``koopsweep.trial``): its worker died. Returns their ids."""
-        query = f"tags.`{TRIAL_TAG}` = '{trial_number}' and attributes.status = 'RUNNING'"
+        baselines', all tagged ``koopsweep.trial``): its worker died. The trial's own run is FAILED even
+        when the worker had ended it, dying before Optuna was told: Optuna has the trial as FAIL, and
+        its retry is the run to read. Returns their ids."""
+        query = f"tags.`{TRIAL_TAG}` = '{trial_number}'"
         runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
-        for run in runs:
+        dead = [
+            run for run in runs
+            if run.info.status == "RUNNING" or (run.data.tags.get(ROLE_TAG) == "trial" and run.info.status != "FAILED")
+        ]  # fmt: skip
+        for run in dead:
             self.client.set_terminated(run.info.run_id, "FAILED")
-        return [run.info.run_id for run in runs]
+        return [run.info.run_id for run in dead]
+
+    def end_runs_of_ended_trials(self, ended: Mapping[int, str]) -> list[str]:
+        """End every trial or baseline run still RUNNING whose trial has ended, with the MLflow status
+        of its end (``ended``: trial number -> FINISHED, KILLED or FAILED). A worker killed while it
+        failed another's dead trial leaves that trial FAIL with its runs open; whichever worker leaves
+        the study next closes them. Returns their ids."""
+        query = "attributes.status = 'RUNNING'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=10_000)
+        closed = []
+        for run in runs:
+            number = run.data.tags.get(TRIAL_TAG)
+            if run.data.tags.get(ROLE_TAG) in ("trial", "baseline") and number and int(number) in ended:
+                self.client.set_terminated(run.info.run_id, ended[int(number)])
+                closed.append(run.info.run_id)
+        return closed
 
     def mark_running(self, run_id: str) -> None:
         """A run that was ended (the study's, when more trials come) is RUNNING again."""
@@ -236,19 +277,18 @@ class Tracker:
     def guarded(self, action: str, fn, *args, **kwargs) -> Any:
         """Run a tracking call; on failure warn once for the whole process and return None.
 
-        After the server failed to answer, calls are skipped (None) for `OFFLINE_RETRY_S` seconds; the
+        After the server failed to answer, calls are skipped (None) for ``offline_retry_s`` seconds; the
         first call after that tries it again. Calls nest (a trial's logging wraps its parts): a call
         that saw a failure inside it does not count as proof that the server is back.
         """
         started = time.monotonic()
-        if self._offline_since is not None and started - self._offline_since < OFFLINE_RETRY_S:
+        if self._offline_since is not None and started - self._offline_since < self.offline_retry_s:
+            self._missed(fn, args, kwargs, server_away=True)
             return None
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:  # MLflow raises many types (HTTP, SQL, REST); none may stop a sweep
-            self.failures += 1
-            if fn == self.finish:
-                self._unended[args[0]] = args[1] if len(args) > 1 else kwargs.get("status", "FINISHED")
+            self._missed(fn, args, kwargs, server_away=_unreachable(exc))
             if _unreachable(exc):
                 self._offline_since = time.monotonic()
             if not self._warned:
@@ -257,7 +297,7 @@ class Tracker:
                     "Warning: MLflow tracking at %s failed while trying to %s (%s). The sweep goes on and "
                     "Optuna keeps every result, but runs from now on may be missing from MLflow; "
                     "koopsweep tries again every %.0f s and warns only once.",
-                    mask_uri(self.uri), action, _describe(exc, self.uri), OFFLINE_RETRY_S,
+                    mask_uri(self.uri), action, _describe(exc, self.uri), self.offline_retry_s,
                 )  # fmt: skip
             return None
         if self._offline_since is not None and self._offline_since < started:
@@ -265,6 +305,13 @@ class Tracker:
         if self._unended and fn != self.finish:
             self._end_unended()
         return result
+
+    def _missed(self, fn, args: tuple, kwargs: dict, *, server_away: bool) -> None:
+        """Count a tracking call that did not happen; the end of a run that the server was away for is
+        kept, to be written when it answers again (`_end_unended`)."""
+        self.failures += 1
+        if server_away and fn == self.finish:
+            self._unended[args[0]] = args[1] if len(args) > 1 else kwargs.get("status", "FINISHED")
 
     def _end_unended(self) -> None:
         """End the runs whose end was lost while the server was away (else they stay RUNNING for good)."""

@@ -5,15 +5,18 @@ from koopsweep import tracking
 from koopsweep.tracking import Tracker, start_ui_server
 
 
-def test_a_run_whose_end_was_lost_is_ended_once_the_server_is_back(fresh_mlflow_server, monkeypatch):
+def test_a_run_whose_end_was_lost_is_ended_once_the_server_is_back(fresh_mlflow_server):
     server = fresh_mlflow_server
     tracker = Tracker(server.url, "restart")
     parent = tracker.start_study_run("restart", "{}", {})
     trial_run = tracker.start_child(parent, "trial-0", "trial", {tracking.TRIAL_TAG: "0"})
+    other_run = tracker.start_child(parent, "trial-2", "trial", {tracking.TRIAL_TAG: "2"})
     server.stop()
     assert tracker.guarded("end the trial's run", tracker.finish, trial_run, "FINISHED") is None
-    assert tracker.failures == 1
-    monkeypatch.setattr(tracking, "OFFLINE_RETRY_S", 0.0)  # try the server again at the next call
+    # Within the offline window calls are skipped without asking the server: an end is still kept.
+    assert tracker.guarded("end the trial's run", tracker.finish, other_run, "KILLED") is None
+    assert tracker.failures == 2
+    tracker.offline_retry_s = 0.0  # try the server again at the next call
     server.process = start_ui_server(
         f"sqlite:///{server.folder / 'srv.db'}", port=server.port, default_artifact_root=str(server.folder / "artifacts"),
         timeout=120,
@@ -22,8 +25,9 @@ def test_a_run_whose_end_was_lost_is_ended_once_the_server_is_back(fresh_mlflow_
     later = tracker.guarded("start the trial's run", tracker.start_child, parent, "trial-1", "trial", {tracking.TRIAL_TAG: "1"})
     assert later is not None
     assert tracker.client.get_run(trial_run).info.status == "FINISHED"
+    assert tracker.client.get_run(other_run).info.status == "KILLED"
     assert tracker.client.get_run(later).info.status == "RUNNING"
-    assert tracker.failures == 1
+    assert tracker.failures == 2
 
 
 def test_study_show_counts_the_trials_that_ran_while_tracking_failed():

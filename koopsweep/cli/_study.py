@@ -53,8 +53,9 @@ def study_create(spec_file: str, storage: str | None) -> None:
 @click.option("--threads", type=click.IntRange(min=1),
               help="Torch CPU threads per worker (default: 1 for each of several CPU workers started by --jobs, "
                    "so they do not spin against each other; else torch's own, or $OMP_NUM_THREADS).")
-@click.option("--storage-retry", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",
-              help="Ride out an outage of the study's database (a restart, a failover) for up to this long: "
+@click.option("--storage-retry", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Ride out an outage of the study's database (a restart, a failover) for up to this long "
+                   "(default 600): "
                    "every storage call is retried with backoff and the trial in flight goes on. Past it the "
                    "worker exits with code 75 and keeps its unwritten results in a local file, which the next "
                    "'study run' of the study on this machine writes first. 0: fail at once.")
@@ -64,7 +65,7 @@ def study_create(spec_file: str, storage: str | None) -> None:
 @STORAGE_OPTION
 def study_run(
     target: str, n_trials: int | None, timeout: float | None, jobs: int, devices: str | None,
-    heartbeat_interval: int | None, threads: int | None, storage_retry: float, until_total: int | None,
+    heartbeat_interval: int | None, threads: int | None, storage_retry: float | None, until_total: int | None,
     worker_index: int, quiet: bool, storage: str | None,
 ) -> None:  # fmt: skip
     """Run trials of a study, creating it first when SPEC_OR_NAME is a spec file and it does not exist yet.
@@ -87,6 +88,8 @@ def study_run(
         name = given.name
     else:
         url, name = sweep.resolve_storage(storage), target
+    if storage_retry is None:
+        storage_retry = sweep.DEFAULT_STORAGE_RETRY
     study_obj, stored = sweep.load_study(
         name, url, heartbeat_interval=heartbeat_interval, worker_index=worker_index, storage_retry=storage_retry
     )  # fmt: skip

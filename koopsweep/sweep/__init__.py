@@ -2,17 +2,17 @@
 
 Optuna does the sampling, pruning, storage and heartbeats; this package only translates between a
 `StudySpec` and Optuna (`_studies`), keeps where a study lives and what a dead worker leaves
-(`_storage`) and what it does through a database outage (`_resilient`), runs one trial as a paired measurement (`_objective`) and runs workers (`_workers`).
+(`_storage`), rides out a database outage (`_resilient`), runs one trial as a paired measurement
+(`_objective`) and runs workers (`_workers`).
 """
 
 from koopsweep.sweep._objective import (
     Objective, TrialFailed, TrialMeasurement, suggest, suggest_config, suggest_optimizer_params, variant_names,
-    worker_label,
 )  # fmt: skip
 from koopsweep.sweep._resilient import DEFAULT_STORAGE_RETRY, PendingResults, ResilientStorage, is_outage
 from koopsweep.sweep._storage import (
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_STORAGE, PARENT_RUN_ATTR, SAMPLER_ATTR, SPEC_ATTR, STORAGE_ENV, TRACKING_ATTR,
-    RetryStaleTrial, open_storage, resolve_storage, study_tracking_uri,
+    RetryStaleTrial, open_storage, resolve_storage, study_tracking_uri, worker_label,
 )  # fmt: skip
 from koopsweep.sweep._studies import (
     build_pruner, build_sampler, create_study, delete_study, load_study, objective_names, study_exists,

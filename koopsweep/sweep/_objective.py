@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from koopsweep import plugins, reporting
 from koopsweep.errors import KoopsweepError, UsageError
 from koopsweep.spec import StudySpec
+from koopsweep.sweep._storage import worker_label
 from koopsweep.tracking import TRACKING_MISSED_ATTR, TRIAL_TAG, Tracker
 
 
@@ -34,11 +34,6 @@ class _NoTraceback(logging.Filter):
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_NoTraceback())
-
-
-def worker_label(pid: int) -> str:
-    """How a trial names the process that ran it (``host:pid``), so a dead worker's trial is recognised."""
-    return f"{platform.node()}:{pid}"
 
 
 def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:

@@ -116,12 +116,6 @@ class PendingResults:
         with open(self.path, "a") as handle:  # one line per result: a crash mid-write loses only that line
             handle.write(json.dumps(record, default=str) + "\n")
 
-    def records(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-
 
 def replay_pending(study: optuna.Study, pending: PendingResults) -> list[int]:
     """Write the results kept in ``pending`` to ``study``; returns their trial numbers. A trial still
@@ -367,7 +361,8 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         if name == "get_all_trials" and call["study_id"] in self._last_trials:
             # The pruner judges the trial in flight against the others as last read.
             states = call.get("states")
-            trials = self._last_trials[call["study_id"]] + [copy.deepcopy(t) for t in self._running.values()]
+            read = [t for t in self._last_trials[call["study_id"]] if t._trial_id not in self._running]
+            trials = read + [copy.deepcopy(t) for t in self._running.values()]
             return [t for t in trials if states is None or t.state in states]
         raise self.gave_up
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import platform
 import warnings
 from typing import Any
 
@@ -38,6 +39,12 @@ def _storage_file(url: str) -> str | None:
     if url.startswith("sqlite:///") and ":memory:" not in url:
         return url.removeprefix("sqlite:///").split("?")[0]
     return None
+
+
+def worker_label(pid: int) -> str:
+    """How a trial names the process that ran it (``host:pid``), so a dead worker's trial is recognised;
+    a worker's PostgreSQL connections carry it too."""
+    return f"{platform.node()}:{pid}"
 
 
 def open_storage(
@@ -79,6 +86,9 @@ def open_storage(
                 # A pooled connection the server dropped (a restart, a failover, an idle timeout) is
                 # noticed and replaced at checkout instead of failing the call that uses it.
                 kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+            if url.startswith("postgresql") and "application_name" not in url:
+                # Each connection says which worker holds it (pg_stat_activity.application_name).
+                kwargs["engine_kwargs"]["connect_args"] = {"application_name": f"koopsweep {worker_label(os.getpid())}"}
             storage = optuna.storages.RDBStorage(url, **kwargs)
         if retry_for > 0:
             return ResilientStorage(optuna.storages.get_storage(storage), url, retry_for=retry_for)

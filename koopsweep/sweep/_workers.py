@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import optuna
 
-from koopsweep.errors import KoopsweepError
+from koopsweep.errors import KoopsweepError, UsageError
 from koopsweep.spec import StudySpec
-from koopsweep.sweep._objective import Objective, TrialFailed, worker_label  # noqa: F401 (re-exported)
+from koopsweep.sweep._objective import Objective, TrialFailed  # noqa: F401 (re-exported)
 from koopsweep.sweep._resilient import ResilientStorage, describe_error, is_outage
 from koopsweep.sweep._storage import PARENT_RUN_ATTR, study_tracking_uri
 from koopsweep.tracking import Tracker, mask_uri
@@ -96,6 +96,8 @@ def run_worker(
         if parent is None:
             parent = tracker.start_study_run(spec.name, spec.dumps(), {"task": spec.task})
             study.set_user_attr(PARENT_RUN_ATTR, parent)
+    except UsageError:
+        raise
     except Exception as exc:
         raise KoopsweepError(
             f"MLflow tracking at {mask_uri(uri)} is unreachable ({type(exc).__name__}: {exc}); "
@@ -118,6 +120,7 @@ def run_worker(
         if failure is None:
             raise
         raise failure from exc
+    tracker.guarded("end the runs of ended trials", tracker.end_runs_of_ended_trials, ended_trials(study))
     if study_done(study, spec):
         tracker.guarded("finish the study's run", tracker.finish, parent, "FINISHED")
 
@@ -136,6 +139,18 @@ def _storage_failure(study: optuna.Study, exc: Exception) -> KoopsweepError | No
                               "flight was not recorded (run workers with --storage-retry SECONDS to ride out outages)")
     return None
 
+
+#: The MLflow status of a run whose Optuna trial ended in each state.
+RUN_STATUS = {
+    optuna.trial.TrialState.COMPLETE: "FINISHED",
+    optuna.trial.TrialState.PRUNED: "KILLED",
+    optuna.trial.TrialState.FAIL: "FAILED",
+}
+
+
+def ended_trials(study: optuna.Study) -> dict[int, str]:
+    """Trial number -> the MLflow status its runs end with, for every trial of ``study`` that ended."""
+    return {t.number: RUN_STATUS[t.state] for t in study.get_trials(deepcopy=False) if t.state in RUN_STATUS}
 
 
 def study_done(study: optuna.Study, spec: StudySpec) -> bool:
