@@ -360,12 +360,16 @@ def _params_text(row: dict[str, Any]) -> str:
 def _summary_table(rows: list[dict[str, Any]], spec) -> str:
     """The table `koopsweep study show` prints, as HTML."""
     two = len(spec.directions) > 1
-    head = ["trial", "variant", *[f"vs {b}" for b in spec.baselines], *(["loss gap"] if two else []),
-            "accepted", "fit/step", "parameters"]  # fmt: skip
+    verified = any(row.get(reporting.VERIFIED_ATTR) for row in rows)  # `study verify` ran: its column
+    head = ["trial", "variant", *[f"vs {b}" for b in spec.baselines], *(["verified"] if verified else []),
+            *(["loss gap"] if two else []), "accepted", "fit/step", "parameters"]  # fmt: skip
     lines = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for row in rows:
         cells = [f"<td class=num>{_e(row['number'])}</td>", f"<td class=name>{_e(row['variant'])}</td>"]
         cells += [f"<td class=num>{_e(reporting.speedup_cell(row, b))}</td>" for b in spec.baselines]
+        if verified:
+            check = row.get(reporting.VERIFIED_ATTR)
+            cells.append(f"<td class=name>{_e(reporting.verified_text(check, spec.baselines) if check else '-')}</td>")
         if two:
             cells.append(f"<td class=num>{_e(_number(row.get('loss_gap')))}</td>")
         accepted = row.get("acceptance_rate")

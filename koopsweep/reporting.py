@@ -14,6 +14,9 @@ from koopsweep.tracking import TRACKING_MISSED_ATTR, TRIAL_TAG
 EIGENVALUES_TAG = "koopsweep.eigenvalues"
 #: MLflow's limit on a tag's value.
 MAX_TAG_CHARS = 8000
+#: The trial user attribute `koopsweep study verify` writes: ``{"seeds", "speedup", "reached", "device"}``
+#: (speedup and reached by baseline, over seeds the sweep did not use).
+VERIFIED_ATTR = "verified"
 
 
 def trial_summary(measurement, spec) -> dict[str, Any]:
@@ -154,6 +157,8 @@ def study_summary(study, spec, top: int = 5) -> dict[str, Any]:
             out[f"reached_vs_{name}"] = t.user_attrs.get(f"reached_vs_{name}")
         for key in ("step_speedup", "acceptance_rate", "fit_over_step", "window_local_speedup"):
             out[key] = t.user_attrs.get(key)
+        if VERIFIED_ATTR in t.user_attrs:
+            out[VERIFIED_ATTR] = t.user_attrs[VERIFIED_ATTR]
         return out
 
     if len(spec.directions) == 1:
@@ -263,6 +268,8 @@ def summary_lines(summary: dict[str, Any], width: int = 80, wide: bool = False) 
             if not wide and len(text) > width:
                 text = text[: width - 1] + "…"
             lines.append(text)
+            if row.get(VERIFIED_ATTR):
+                lines.append(indent + verified_text(row[VERIFIED_ATTR], baselines))
     notes = ["speedup: the baseline's time to its final loss / the accelerated run's time to the same loss, median over seeds."]
     if any(NOT_REACHED in cell for r in table[1:] for cell in r):
         notes.append(
@@ -283,6 +290,50 @@ def summary_lines(summary: dict[str, Any], width: int = 80, wide: bool = False) 
     for note in notes:
         lines += textwrap.wrap(note, width)
     lines += [""] + textwrap.wrap(conclusion(summary), width)
+    return lines
+
+
+def verified_text(verified: dict[str, Any], baselines: list[str]) -> str:
+    """``verified over 5 seeds: 0.98x vs adam, <0.12x† vs adadelta`` (one line of `study show`)."""
+    cells = [f"{compact_speedup(_as_row(verified, b), b)} vs {b}" for b in baselines if b in verified["speedup"]]
+    return f"verified over {len(verified['seeds'])} seeds: " + ", ".join(cells)
+
+
+def _as_row(verified: dict[str, Any], baseline: str) -> dict[str, Any]:
+    """A verification's figures for one baseline in the shape `compact_speedup` reads."""
+    return {f"speedup_vs_{baseline}": verified["speedup"].get(baseline),
+            f"reached_vs_{baseline}": verified["reached"].get(baseline)}  # fmt: skip
+
+
+def verify_lines(result: dict[str, Any], width: int = 80) -> list[str]:
+    """`koopsweep study verify` as lines: the trials re-ranked by their verified speedup, each beside the
+    figure the sweep measured."""
+    import textwrap
+
+    baselines, seeds = result["baselines"], result["seeds"]
+    header = ["trial", "variant", *[f"vs {b}" for b in baselines], *[f"sweep {b}" for b in baselines]]
+    table = [header]
+    for trial in result["trials"]:
+        verified = {"speedup": trial["speedup"], "reached": trial["reached"]}
+        original = {"speedup": trial["original_speedup"], "reached": trial["original_reached"]}
+        table.append([
+            str(trial["number"]), str(trial["variant"]),
+            *[compact_speedup(_as_row(verified, b), b) for b in baselines],
+            *[compact_speedup(_as_row(original, b), b) for b in baselines],
+        ])  # fmt: skip
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    title = (f"study {result['study']} ({result['task']}): the {len(result['trials'])} best trials re-measured "
+             f"over {len(seeds)} fresh paired seeds ({seeds[0]}-{seeds[-1]}) on {result['device']}")  # fmt: skip
+    lines = textwrap.wrap(title, width) + [""]
+    for cells in table:
+        lines.append("  ".join(c.rjust(w) if j == 0 else c.ljust(w) for j, (c, w) in enumerate(zip(cells, widths))).rstrip())
+    notes = [f"vs: the median over the fresh seeds; sweep: the figure the trial's own seeds "
+             f"({', '.join(map(str, result['trials'][0]['original_seeds']))}) gave."]  # fmt: skip
+    if any(NOT_REACHED in cell for r in table[1:] for cell in r):
+        notes.append(f"{NOT_REACHED} not reached by any seed: the figure only bounds the speedup.")
+    lines.append("")
+    for note in notes:
+        lines += textwrap.wrap(note, width)
     return lines
 
 

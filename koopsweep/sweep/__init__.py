@@ -3,7 +3,7 @@
 Optuna does the sampling, pruning, storage and heartbeats; this package only translates between a
 `StudySpec` and Optuna (`_studies`), keeps where a study lives and what a dead worker leaves
 (`_storage`), rides out a database outage (`_resilient`), runs one trial as a paired measurement
-(`_objective`) and runs workers (`_workers`).
+(`_objective`), runs workers (`_workers`) and re-measures the best trials (`_verify`).
 """
 
 from koopsweep.sweep._objective import (
@@ -18,6 +18,7 @@ from koopsweep.sweep._studies import (
     build_pruner, build_sampler, create_study, delete_study, load_study, objective_names, study_exists,
     write_kept_results,
 )  # fmt: skip
+from koopsweep.sweep._verify import VERIFIED_ATTR, verify_study
 from koopsweep.sweep._workers import (
     FINISHED_STATES, StopAtTotal, finished_trials, retried_numbers, run_worker, split_trials, study_done,
     worker_command,
@@ -31,5 +32,5 @@ __all__ = [
     "build_pruner", "build_sampler", "create_study", "delete_study", "finished_trials", "load_study", "mask_uri",
     "objective_names", "open_storage", "resolve_storage", "retried_numbers", "run_worker", "split_trials",
     "study_done", "study_exists", "study_tracking_uri", "suggest", "suggest_config", "suggest_optimizer_params",
-    "variant_names", "worker_command", "worker_label",
+    "variant_names", "verify_study", "VERIFIED_ATTR", "worker_command", "worker_label",
 ]  # fmt: skip
