@@ -61,6 +61,7 @@ class LoopState:
     cycle_steps: int = 0  # inner steps since the window started
     rejected_in_a_row: int = 0
     wait_steps: int = 0  # inner steps left before the next window starts (backoff)
+    last_attempt_step: int = 0  # stats.inner_steps at the previous jump attempt
 
 
 class KoopmanAccelerator:
@@ -278,6 +279,7 @@ class KoopmanAccelerator:
         proposal = self._fit(current, closure, check)
         decision: Decision | None = None
         if proposal is not None:
+            proposal.steps_since_last_attempt = stats.inner_steps - self._loop.last_attempt_step
             try:
                 decision = self._decide(proposal)
                 # Whatever the rule, weights that are not finite, or where the loss is not, are never kept.
@@ -321,6 +323,7 @@ class KoopmanAccelerator:
 
         self._loop.filled = 0
         self._loop.cycle_steps = 0
+        self._loop.last_attempt_step = stats.inner_steps
         self._loop.rejected_in_a_row = 0 if accepted else self._loop.rejected_in_a_row + 1
         if self._backoff:
             doublings = min(self._loop.rejected_in_a_row, self._backoff)
@@ -437,7 +440,7 @@ class KoopmanAccelerator:
                 buf[:filled].copy_(saved)
         self._loop = LoopState(
             filled=int(filled), cycle_steps=int(cycle_steps), rejected_in_a_row=int(acc.get("rejected_in_a_row", 0)),
-            wait_steps=int(acc.get("wait_steps", 0)),
+            wait_steps=int(acc.get("wait_steps", 0)), last_attempt_step=int(acc.get("last_attempt_step", 0)),
         )  # fmt: skip
         partial = acc.get("partial")
         if self._summing():

@@ -29,6 +29,7 @@ class _Proposal:
         check: Closure | None = None,
     ) -> None:
         self.horizon = acc.horizon
+        self.steps_since_last_attempt = 0  # set by the accelerator (JumpProposal)
         self._acc = acc
         self._params = acc._params
         self._current = current

@@ -41,6 +41,9 @@ class JumpProposal(Protocol):
 
     #: The accelerator's configured horizon.
     horizon: int
+    #: Inner optimizer steps taken since the previous jump attempt (since the start, for the first): the
+    #: plain training between two jumps, over which a rule can measure the loss's own progress.
+    steps_since_last_attempt: int
 
     def predict(self, horizon: int) -> list[torch.Tensor] | None:
         """Predicted parameters ``horizon`` steps ahead, or None when the prediction is unusable

@@ -1,0 +1,141 @@
+"""The `worth-it` fallback rule: a jump of h steps is kept only when its loss drop is worth ``worth``
+times what plain training's own rate (measured between two attempts) would give over h steps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_accelerator import Scaled, _resume, assert_same_params, batches, mlp, mlp_closure
+from test_fallbacks import FakeProposal, horizon_of
+
+from koopsweep import KoopmanAccelerator, plugins
+from koopsweep.errors import ParameterError
+from koopsweep.fallbacks import FallbackRule, Verify, WorthIt
+
+
+def proposal(horizon=10, *, before, loss, steps=20, unusable=None):
+    jump = FakeProposal(horizon, before=before, default_loss=loss, unusable=unusable)
+    jump.steps_since_last_attempt = steps
+    return jump
+
+
+def test_registered_and_validated():
+    assert plugins.load_fallback("worth-it") is WorthIt
+    plugins.validate("fallbacks", WorthIt)
+    assert set(WorthIt.search_space()) <= set(WorthIt.defaults)
+    for bad in ({"worth": -0.1}, {"worth": math.inf}, {"worth": True}, {"tol": -1.0}):
+        with pytest.raises(ParameterError, match=next(iter(bad))):
+            WorthIt(**bad)
+
+
+def test_the_first_attempt_only_measures_and_costs_no_check():
+    rule = WorthIt()
+    jump = proposal(before=1.0, loss=0.1)
+    decision = rule.decide(jump)
+    assert not decision.accepted and decision.reason == "measuring"
+    assert jump.evaluated() == [] and jump.asked_before()  # loss_before's gradients serve the next step
+    assert rule.loss_after == 1.0
+
+
+def test_a_jump_is_kept_only_when_its_drop_is_worth_its_horizon():
+    # Plain training fell from 1.0 to 0.8 over 20 steps: 0.01 per step. A 10-step jump must then drop the
+    # loss by at least worth * 0.01 * 10 = 0.05.
+    rule = WorthIt(worth=0.5)
+    rule.loss_after = 1.0
+    small = proposal(before=0.8, loss=0.76)  # drops 0.04 < 0.05: lower, but not worth the steps it skips
+    decision = rule.decide(small)
+    assert not decision.accepted and decision.reason == "not-worth-it"
+    assert rule.loss_after == 0.8  # the weights stay where they were
+    assert Verify().decide(proposal(before=0.8, loss=0.76)).accepted  # where verify would have kept it
+
+    rule.loss_after = 1.0
+    big = proposal(before=0.8, loss=0.74)  # drops 0.06 >= 0.05
+    decision = rule.decide(big)
+    assert decision.accepted and horizon_of(decision) == 10
+    assert big.log.index(("before",)) < big.log.index(("evaluate", 10))  # the cost convention
+    assert rule.loss_after == 0.74  # the next rate starts where the jump landed
+
+
+def test_no_jump_while_the_loss_is_not_falling_and_a_higher_loss_is_never_kept():
+    rule = WorthIt()
+    rule.loss_after = 0.8
+    flat = proposal(before=0.85, loss=0.1)  # the loss rose between attempts: nothing to extrapolate
+    decision = rule.decide(flat)
+    assert decision.reason == "not-descending" and flat.evaluated() == []
+    rule.loss_after = 1.0
+    assert rule.decide(proposal(before=0.8, loss=0.9)).reason == "loss-increased"
+    rule.loss_after = 1.0
+    assert rule.decide(proposal(before=0.8, loss=math.inf)).reason == "loss-increased"
+
+
+def test_an_unusable_prediction_costs_nothing_and_restarts_the_measurement():
+    rule = WorthIt()
+    rule.loss_after = 1.0
+    jump = proposal(before=0.8, loss=0.1, unusable={10: "exploding"})
+    assert rule.decide(jump).reason == "exploding"
+    assert jump.evaluated() == [] and not jump.asked_before()
+    assert rule.loss_after is None
+
+
+def test_worth_zero_judges_as_verify_does():
+    for before, loss in ((0.8, 0.79), (0.8, 0.81), (0.8, 0.8)):
+        rule = WorthIt(worth=0.0)
+        assert rule.decide(proposal(before=before, loss=loss)).accepted == Verify().decide(
+            proposal(before=before, loss=loss)
+        ).accepted
+
+
+class Recorder(FallbackRule):
+    """Rejects every jump, recording the steps since the previous attempt it was offered."""
+
+    needs_closure = False
+    defaults: dict = {}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.gaps: list[int] = []
+
+    def decide(self, jump):
+        from koopsweep.fallbacks import Decision
+
+        self.gaps.append(jump.steps_since_last_attempt)
+        return Decision.reject("recorded")
+
+
+@pytest.mark.parametrize("stride, backoff", [(1, 0), (2, 0), (1, 2)])
+def test_the_accelerator_offers_the_steps_since_the_last_attempt(stride, backoff):
+    model = mlp()
+    rule = Recorder()
+    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=3, horizon=4,
+                             fallback=rule, stride=stride, burn_in=2, backoff=backoff)  # fmt: skip
+    for batch in batches(60):
+        acc.step(mlp_closure(model, acc, batch))
+    window_steps = 3 * stride
+    first = 2 + window_steps  # burn-in, then a full window
+    if backoff == 0:
+        assert rule.gaps[:4] == [first, window_steps, window_steps, window_steps]
+    else:  # after k rejections in a row the accelerator waits 2**min(k, 2) - 1 windows first
+        assert rule.gaps[:4] == [first, 2 * window_steps, 4 * window_steps, 4 * window_steps]
+
+
+def test_state_dict_keeps_what_the_rule_measured():
+    def make(model):
+        return KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
+                                  horizon=4, fallback="worth-it", fallback_params={"worth": 0.1})  # fmt: skip
+
+    model, resumed_model = mlp(), mlp()
+    acc, resumed = make(model), make(resumed_model)
+    data = batches(40)
+    for batch in data[:13]:  # three attempts: the rule holds the loss after the last one
+        acc.step(mlp_closure(model, acc, batch))
+    assert acc.fallback.loss_after is not None
+    _resume(model, acc, resumed_model, resumed)
+    assert resumed.fallback.loss_after == acc.fallback.loss_after
+    for batch in data[13:]:
+        acc.step(mlp_closure(model, acc, batch))
+        resumed.step(mlp_closure(resumed_model, resumed, batch))
+    assert_same_params(model, resumed_model)
+    assert acc.stats.to_dict()["rejections"] == resumed.stats.to_dict()["rejections"]
+    assert acc.stats.jumps_tried >= 8
