@@ -119,7 +119,7 @@ def verification(measurement, spec: StudySpec, seeds: list[int], device: str) ->
     }
 
 
-def log_verification(tracker: Tracker, parent_run_id: str, trial: optuna.trial.FrozenTrial, measurement, spec) -> list[str]:
+def log_verification(tracker: Tracker, parent_run_id: str, trial: optuna.trial.FrozenTrial, measurement) -> list[str]:
     """One MLflow run per seed under the trial's run (role ``verify``): the seed's speedup against each
     baseline, both sides' times and final losses. Returns the run ids (empty when tracking failed)."""
     ids = []
@@ -179,7 +179,7 @@ def verify_study(
         record_on_finished_trial(storage, trial, VERIFIED_ATTR, verified)
         trial_run = trial.user_attrs.get("mlflow_run_id")
         if tracker and (trial_run or parent):  # under the trial's run; the study's if tracking missed it
-            logged = log_verification(tracker, trial_run or parent, trial, measurement, spec)
+            logged = log_verification(tracker, trial_run or parent, trial, measurement)
             if logged and trial_run:
                 tracker.guarded("tag the trial's run as verified", tracker.client.set_tag, trial_run,
                                 "koopsweep.verified", json.dumps(verified["speedup"]))  # fmt: skip
