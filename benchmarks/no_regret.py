@@ -32,7 +32,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 #: label -> (task, task parameters): every shipped task in the form it ships in, and in the other form
-#: where it has one (full batch: ``batch_size = 0``).
+#: where it has a meaningful one (full batch: ``batch_size = 0``).
 FORMS: dict[str, tuple[str, dict[str, Any]]] = {
     "digits-mlp": ("digits-mlp", {}),
     "digits-mlp-stochastic": ("digits-mlp", {"task.batch_size": 64}),
@@ -40,8 +40,10 @@ FORMS: dict[str, tuple[str, dict[str, Any]]] = {
     "teacher-student-stochastic": ("teacher-student", {"task.batch_size": 64}),
     "hnn-oscillator": ("hnn-oscillator", {}),
     "hnn-oscillator-stochastic": ("hnn-oscillator", {"task.batch_size": 200}),
+    # mnist1d-mlp has no full-batch form here: on the whole training set its held-out loss rises from
+    # the start at the tuned rate (3.3 after 1,000 steps, from 2.3), so both sides meet their target at
+    # the first checkpoint and a speedup says nothing.
     "mnist1d-mlp": ("mnist1d-mlp", {}),
-    "mnist1d-mlp-full": ("mnist1d-mlp", {"task.batch_size": 0}),
     "mnist-mlp": ("mnist-mlp", {}),
     "mnist1d-cnn": ("mnist1d-cnn", {}),
     "charlm-transformer": ("charlm-transformer", {}),

@@ -60,3 +60,15 @@ def test_median_and_iqr_ignore_missing_values():
     assert median([None]) is None
     assert quartiles([5.0, None, 1.0, 3.0, math.nan, 2.0, 4.0]) == pytest.approx((2.0, 4.0))
     assert quartiles([7.0, None]) == (7.0, 7.0) and quartiles([None]) is None and iqr([None]) is None
+
+
+def test_a_target_met_at_the_first_checkpoint_by_both_runs_is_no_speedup():
+    # A held-out loss that only rises from its start: the smoothed final loss is met at step 0 by both.
+    rising = run([(0, 0.0, 1.0), (10, 1.0, 1.5), (20, 2.0, 2.0)])
+    koop = run([(0, 0.0, 1.0), (10, 1.2, 1.8), (20, 2.4, 2.5)], CONFIG, {"jumps_tried": 0})
+    c = compare(rising, koop)
+    assert c.reached and c.baseline_time_s == 0.0 == c.koopman_time_s
+    assert c.speedup == 1.0 == c.speedup_bound and c.step_speedup == 1.0
+    # Reached at the start only by the accelerated run: then it really is infinitely sooner.
+    late = compare(BASELINE, run([(0, 0.0, 0.2), (10, 1.0, 0.1)], CONFIG, {"jumps_tried": 0}))
+    assert late.speedup == math.inf
