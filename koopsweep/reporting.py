@@ -256,7 +256,7 @@ def summary_lines(summary: dict[str, Any], width: int = 80, wide: bool = False) 
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = [f"study {summary['study']} ({summary['task']}, inner {summary['optimizer']}): {states}", ""]
     for i, cells in enumerate(table):
-        lines.append("  ".join(c.rjust(w) if j in (0,) else c.ljust(w) for j, (c, w) in enumerate(zip(cells, widths))).rstrip())
+        lines.append(_aligned(cells, widths))
         if i:
             row = summary["best_trials"][i - 1]
             # The variant's own parameters are named "<variant>.<param>": shown without the prefix.
@@ -293,6 +293,11 @@ def summary_lines(summary: dict[str, Any], width: int = 80, wide: bool = False) 
     return lines
 
 
+def _aligned(cells: list[str], widths: list[int]) -> str:
+    """One row of a text table: the trial number right-aligned, the other cells left-aligned."""
+    return "  ".join(c.rjust(w) if j == 0 else c.ljust(w) for j, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+
 def verified_text(verified: dict[str, Any], baselines: list[str]) -> str:
     """``verified over 5 seeds: 0.98x vs adam, <0.12x† vs adadelta`` (one line of `study show`)."""
     cells = [f"{compact_speedup(_as_row(verified, b), b)} vs {b}" for b in baselines if b in verified["speedup"]]
@@ -325,8 +330,7 @@ def verify_lines(result: dict[str, Any], width: int = 80) -> list[str]:
     title = (f"study {result['study']} ({result['task']}): the {len(result['trials'])} best trials re-measured "
              f"over {len(seeds)} fresh paired seeds ({seeds[0]}-{seeds[-1]}) on {result['device']}")  # fmt: skip
     lines = textwrap.wrap(title, width) + [""]
-    for cells in table:
-        lines.append("  ".join(c.rjust(w) if j == 0 else c.ljust(w) for j, (c, w) in enumerate(zip(cells, widths))).rstrip())
+    lines += [_aligned(cells, widths) for cells in table]
     notes = [f"vs: the median over the fresh seeds; sweep: the figure the trial's own seeds "
              f"({', '.join(map(str, result['trials'][0]['original_seeds']))}) gave."]  # fmt: skip
     if any(NOT_REACHED in cell for r in table[1:] for cell in r):

@@ -70,7 +70,7 @@ class WorthIt(FallbackRule):
             self.loss_after = None  # the next rate would span this attempt: start again
             return Decision.reject(_unusable(jump, h))
         before = jump.loss_before  # first, so that the accepted point is the last one evaluated
-        rate = self.rate(before, getattr(jump, "steps_since_last_attempt", 0))
+        rate = self.rate(before, jump.steps_since_last_attempt)
         self.loss_after = before  # where a rejection leaves the weights
         judged = self.params["worth"] > 0
         # Rejected before the check (no closure call beyond loss_before, whose gradients the next step

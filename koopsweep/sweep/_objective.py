@@ -198,7 +198,11 @@ class Objective:
                 # Optuna has the result; MLflow lacks some or all of this trial (`study show` counts them).
                 trial.set_user_attr(TRACKING_MISSED_ATTR, True)
 
-    def measure(self, trial: optuna.Trial, config, optimizer_params: dict[str, Any]) -> TrialMeasurement:
+    def measure(
+        self, trial: optuna.Trial, config, optimizer_params: dict[str, Any], seeds: list[int] | None = None
+    ) -> TrialMeasurement:
+        """The paired measurement on each of ``seeds`` (the spec's by default; `study verify` passes fresh
+        ones): baselines first, then the accelerated run, pruned through ``trial``."""
         from koopsweep.measure import compare, first_reaching
         from koopsweep.pairing import Side, run_paired
 
@@ -207,7 +211,7 @@ class Objective:
         max_steps = int(math.ceil(spec.cap_factor * self.budget))
         baselines = [Side(name, name, self.lr(name), dict(spec.optimizer_params.get(name, {}))) for name in spec.baselines]
         accelerated = Side("koopman", spec.optimizer, spec.lr or self.lr(spec.optimizer), optimizer_params, koopman=config)
-        for index, seed in enumerate(spec.seeds):
+        for index, seed in enumerate(spec.seeds if seeds is None else seeds):
             offset = index * (max_steps + 1)
 
             def pruning(done, offset=offset):
