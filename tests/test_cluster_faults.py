@@ -199,7 +199,9 @@ def test_workers_killed_again_and_again_mid_trial_leave_no_run_open(workdir, pos
             assert retries == []  # a retry that dies too is not queued again (max_retry=1)
         elif retries:
             [retry] = retries
-            assert retry.params == trial.params
+            # Optuna's retry fixes the parameters the dead trial had sampled; one killed while still
+            # sampling (define-by-run) has only some of them, and its retry samples the rest.
+            assert retry.params.items() >= trial.params.items(), (retry.params, trial.params)
         else:
             unretried.append(trial.number)
         assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "FAILED"

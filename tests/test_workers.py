@@ -28,7 +28,9 @@ def write_spec(path, *, n_trials: int, budget: int = 40) -> None:
 
 def worker_env(**extra) -> dict:
     # One thread per worker: several workers share the machine's cores.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
+    # PYTHONFAULTHANDLER: a worker that hangs is sent SIGABRT by `finish` and dumps every thread's stack.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONFAULTHANDLER": "1",
+            **extra}  # fmt: skip
 
 
 def koopsweep(*args, cwd, env=None) -> subprocess.CompletedProcess:
@@ -48,7 +50,12 @@ def start_worker(*args, cwd, log, env=None) -> subprocess.Popen:
 
 
 def finish(worker: subprocess.Popen, log) -> str:
-    worker.wait(timeout=WAIT_S)
+    try:
+        worker.wait(timeout=WAIT_S)
+    except subprocess.TimeoutExpired:
+        worker.send_signal(signal.SIGABRT)  # its threads' stacks go to its log (PYTHONFAULTHANDLER)
+        worker.wait(timeout=30)
+        raise AssertionError(f"worker {worker.pid} still running after {WAIT_S} s:\n{log.read_text()[-6000:]}") from None
     return log.read_text()
 
 

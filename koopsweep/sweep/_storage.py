@@ -113,8 +113,9 @@ def _storage_error(url: str, exc: Exception) -> KoopsweepError:
 
 class RetryStaleTrial:
     """What happens to a trial whose worker died (its heartbeat went stale, and Optuna marked it FAIL):
-    its MLflow runs still open (the trial's, a baseline's being logged) are ended as FAILED, then Optuna's own callback queues the same parameters again as a
-    WAITING trial, which the next free worker picks up. Runs in whichever worker noticed the stale trial."""
+    Optuna's own callback queues the same parameters again as a WAITING trial, which the next free worker
+    picks up, then its MLflow runs still open (the trial's, a baseline's being logged) are ended as FAILED.
+    Runs in whichever worker noticed the stale trial."""
 
     #: Attributes that describe one attempt, not the parameters: the retry gets its own.
     PER_ATTEMPT = ("mlflow_run_id", "worker")
@@ -125,11 +126,14 @@ class RetryStaleTrial:
             self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        _end_runs_of_dead_trial(study, trial.number)
+        # The retry is queued first: it is one database write, while ending runs waits on the tracking
+        # server, and a worker killed in between would otherwise lose the retry. Runs it leaves open are
+        # ended by the next worker leaving the study.
         attempt = copy.copy(trial)
         attempt.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in self.PER_ATTEMPT}
         attempt.user_attrs["retry_of"] = trial.number
         self.retry(study, attempt)
+        _end_runs_of_dead_trial(study, trial.number)
 
 
 def _end_runs_of_dead_trial(study: optuna.Study, number: int) -> None:
