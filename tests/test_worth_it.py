@@ -70,13 +70,31 @@ def test_no_jump_while_the_loss_is_not_falling_and_a_higher_loss_is_never_kept()
     assert rule.decide(proposal(before=0.8, loss=math.inf)).reason == "loss-increased"
 
 
-def test_an_unusable_prediction_costs_nothing_and_restarts_the_measurement():
+def test_an_unusable_prediction_costs_no_check_and_the_measurement_goes_on():
     rule = WorthIt()
     rule.loss_after = 1.0
     jump = proposal(before=0.8, loss=0.1, unusable={10: "exploding"})
     assert rule.decide(jump).reason == "exploding"
-    assert jump.evaluated() == [] and not jump.asked_before()
-    assert rule.loss_after is None
+    assert jump.evaluated() == []
+    assert rule.loss_after == 0.8  # the weights stay where loss_before measured them
+
+
+def test_attempts_declined_from_the_rate_alone_fit_nothing():
+    """The variant is fitted only when the rule asks for a prediction: the first attempt (measuring) and
+    attempts after a stretch where the loss rose cost no fit; the others fit once each."""
+    model = mlp()
+    acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2), Scaled(), window=3, horizon=4,
+                             fallback="worth-it")  # fmt: skip
+    for batch in batches(4):  # one window and the first attempt
+        acc.step(mlp_closure(model, acc, batch))
+    assert acc.stats.jumps_tried == 1 and acc.stats.rejections == {"measuring": 1} and acc.stats.fits == 0
+    for batch in batches(40)[4:]:
+        acc.step(mlp_closure(model, acc, batch))
+    stats = acc.stats
+    declined = stats.rejections.get("measuring", 0) + stats.rejections.get("not-descending", 0)
+    assert stats.jumps_tried > declined > 0
+    assert stats.fits == stats.jumps_tried - declined
+    assert stats.to_dict()["fits"] == stats.fits
 
 
 def test_worth_zero_judges_as_verify_does():

@@ -1,8 +1,9 @@
 """`KoopmanAccelerator`: wrap any first-order torch optimizer and let a Koopman variant jump its weights.
 
 The wrapper records the parameters after inner optimizer steps into a preallocated window; when the
-window is full, the next ``step()`` fits the variant, asks the fallback rule what to do with the
-proposed jump, and then takes its own inner step from wherever the rule left the weights::
+window is full, the next ``step()`` asks the fallback rule what to do with a jump (the variant is fitted
+when the rule first asks for a prediction), and then takes its own inner step from wherever the rule
+left the weights::
 
     cycle:  [stride * window inner steps, a snapshot every `stride`]  ->  jump attempt + 1 inner step
             (the jump attempt and the first inner step of the next cycle share one call to step())
@@ -276,25 +277,25 @@ class KoopmanAccelerator:
         stats = self.stats
         with torch.no_grad():
             current = [p.detach().clone() for p in self._params]
-        proposal = self._fit(current, closure, check)
-        decision: Decision | None = None
-        if proposal is not None:
-            proposal.steps_since_last_attempt = stats.inner_steps - self._loop.last_attempt_step
-            try:
-                decision = self._decide(proposal)
-                # Whatever the rule, weights that are not finite, or where the loss is not, are never kept.
-                unsafe = proposal.unsafe(decision.params) if decision.accepted else None
-                if unsafe:
-                    decision = Decision.reject(unsafe)
-            except BaseException:
-                # A closure or the rule raised mid-decision: leave the model exactly as it was before this
-                # call (the window stays full, so the next step() tries again).
-                proposal.restore()
-                raise
+        # The variant is fitted on the rule's first predict(): a rule that declines before asking for a
+        # prediction (worth-it while it measures) makes the attempt cost no fit at all.
+        proposal = _Proposal(self, current, closure, check)
+        proposal.steps_since_last_attempt = stats.inner_steps - self._loop.last_attempt_step
+        try:
+            decision = self._decide(proposal)
+            # Whatever the rule, weights that are not finite, or where the loss is not, are never kept.
+            unsafe = proposal.unsafe(decision.params) if decision.accepted else None
+            if unsafe:
+                decision = Decision.reject(unsafe)
+        except BaseException:
+            # A closure or the rule raised mid-decision: leave the model exactly as it was before this
+            # call (the window stays full, so the next step() tries again).
+            proposal.restore()
+            raise
         stats.jumps_tried += 1
 
         stepped = True
-        accepted = proposal is not None and decision is not None and decision.accepted
+        accepted = decision.accepted
         if accepted:
             stats.jumps_accepted += 1
             stats.accepted_horizon_total += self.effective_horizon(int(decision.horizon))
@@ -312,9 +313,9 @@ class KoopmanAccelerator:
                 else:
                     loss = self.optimizer.step(closure)
         else:
-            reason = "fit-failed" if decision is None else str(decision.reason)
+            reason = str(decision.reason)
             stats.rejections[reason] = stats.rejections.get(reason, 0) + 1
-            if proposal is not None and proposal.restore():
+            if proposal.restore():
                 # Weights restored bit for bit, and the gradients measured there by loss_before.
                 cached = proposal.loss_before_raw
                 loss = self.optimizer.step(lambda: cached)
@@ -332,8 +333,10 @@ class KoopmanAccelerator:
             self._after_inner_step()
         return loss
 
-    def _fit(self, current: list[torch.Tensor], closure: Closure | None, check: Closure | None) -> _Proposal | None:
-        """Fit the variant on the full window; the proposal for the rule, or None when the fit failed."""
+    def _fit_window(self) -> float | None:
+        """Fit the variant on the full window (called by the proposal's first ``predict``): the norm of the
+        window's displacement, which the prediction guard measures jumps against, or None when the fit
+        failed (the prediction is then unusable, ``"fit-failed"``)."""
         stats = self.stats
         displacement = _global_norm(buf[-1] - buf[0] for buf in self._buffers)
         t0 = self._clock()
@@ -348,12 +351,13 @@ class KoopmanAccelerator:
                     "rejected as 'fit-failed' and training continues with the inner optimizer. Later failures are "
                     "only counted in stats.rejections['fit-failed'].",
                     RuntimeWarning,
-                    stacklevel=4,
+                    stacklevel=6,
                 )
             return None
         stats.fit_time_s += self._clock() - t0
+        stats.fits += 1
         self._read_spectrum()
-        return _Proposal(self, current, closure, displacement, check)
+        return displacement
 
     def _decide(self, proposal: _Proposal) -> Decision:
         decision = self.fallback.decide(proposal)

@@ -25,7 +25,6 @@ class _Proposal:
         acc: Any,  # the KoopmanAccelerator making the attempt (it hands itself over)
         current: list[torch.Tensor],
         closure: Closure | None,
-        displacement: float,
         check: Closure | None = None,
     ) -> None:
         self.horizon = acc.horizon
@@ -35,7 +34,8 @@ class _Proposal:
         self._current = current
         self._closure = closure
         self._check = check  # judges jumps instead of the closure, forward only; its calls leave no gradients
-        self._displacement = displacement
+        self._fitted = False
+        self._displacement: float | None = None  # of the fitted window; None when the fit failed
         self._predictions: dict[int, list[torch.Tensor] | None] = {}
         self._reasons: dict[int, str] = {}
         self._evaluated: dict[int, tuple[list[torch.Tensor], float]] = {}
@@ -55,6 +55,12 @@ class _Proposal:
         if k in self._predictions:
             return self._predictions[k]
         acc = self._acc
+        if not self._fitted:
+            self._fitted = True
+            self._displacement = acc._fit_window()
+        if self._displacement is None:
+            self._predictions[k], self._reasons[k] = None, "fit-failed"
+            return None
         t0 = acc._clock()
         try:
             pred, reason = self._guarded(k)

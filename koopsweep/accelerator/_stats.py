@@ -24,6 +24,8 @@ class AcceleratorStats:
     snapshots_recorded: int = 0
     jumps_tried: int = 0
     jumps_accepted: int = 0
+    #: Variant fits made: an attempt whose rule declined before asking for a prediction fits nothing.
+    fits: int = 0
     accepted_horizon_total: int = 0
     evaluations: int = 0
     fit_time_s: float = 0.0
@@ -45,7 +47,7 @@ class AcceleratorStats:
         return self.accepted_horizon_total / self.jumps_accepted if self.jumps_accepted else 0.0
 
     _COUNTERS = (
-        "inner_steps", "snapshots_recorded", "jumps_tried", "jumps_accepted", "accepted_horizon_total",
+        "inner_steps", "snapshots_recorded", "jumps_tried", "jumps_accepted", "fits", "accepted_horizon_total",
         "evaluations", "fit_time_s", "predict_time_s", "verify_time_s", "last_spectral_radius",
     )  # fmt: skip
 

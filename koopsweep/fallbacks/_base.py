@@ -9,8 +9,12 @@ Registered as entry points in the group ``koopsweep.fallbacks``.
 Cost conventions a rule should follow, because the accelerator relies on them to keep verification
 cheap:
 
-- Ask ``predict`` first and ``loss_before`` only once a usable prediction exists: an unusable jump then
-  costs no closure call at all.
+- The variant is fitted on the first ``predict``: a rule that can decline without a prediction (from
+  what it measured so far, or from ``loss_before``) should do so before asking for one, and the attempt
+  then costs no fit.
+- ``loss_before`` is the inner step's own gradient evaluation when the jump is rejected (its gradients
+  are restored and reused), so asking it costs no extra closure call; a rule that needs no loss for an
+  unusable prediction may still ask ``predict`` first and save the copy of the gradients.
 - Ask ``loss_before`` *before* evaluating candidates. Every closure call leaves its gradients in the
   parameters' ``.grad``; when the accepted parameters are the last ones evaluated, the accelerator reuses
   that evaluation as the next optimizer step's gradient instead of recomputing it. A rejected jump reuses
@@ -51,8 +55,8 @@ class JumpProposal(Protocol):
         the returned tensors must not be modified."""
 
     def unusable_reason(self, horizon: int) -> str | None:
-        """Why ``predict(horizon)`` returned None (``"non-finite"``, ``"exploding"``, ``"predict-failed"``),
-        or None when it did not (or was not asked yet)."""
+        """Why ``predict(horizon)`` returned None (``"fit-failed"``, ``"non-finite"``, ``"exploding"``,
+        ``"predict-failed"``), or None when it did not (or was not asked yet)."""
 
     def evaluate(self, params: list[torch.Tensor]) -> float:
         """The training loss at ``params`` (one closure call; ``inf`` when it is not finite)."""

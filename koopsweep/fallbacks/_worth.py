@@ -5,13 +5,14 @@ than plain training would have over the same span, still counts its whole horizo
 run then pays for it: measured on ``digits-mlp`` the default configuration accepted two thirds of its
 jumps and still ended above Adam's loss at equal steps on three seeds of five. This rule measures
 plain training's own progress between two jump attempts (the loss just after the previous attempt,
-the loss before this one, and the steps between; the first attempt only measures) and accepts a jump of ``h`` steps only when its drop
-is at least ``worth`` times what that rate would give over ``h`` steps. While the loss is not falling
-between attempts (a noisy or flat stretch: nothing to extrapolate) it does not jump, and does not pay
-for a check either.
+the loss before this one, and the steps between; the first attempt only measures) and accepts a jump
+of ``h`` steps only when its drop is at least ``worth`` times what that rate would give over ``h``
+steps. While the loss is not falling between attempts (a noisy or flat stretch: nothing to
+extrapolate) it does not jump, and pays for neither a fit nor a check.
 
-Like `Verify` it costs at most one closure call per usable jump, accepted or not; what it remembers (the loss
-after the last attempt) travels in the accelerator's ``state_dict``.
+Like `Verify` it costs at most one closure call per usable jump, accepted or not, and an attempt it
+declines from the rate alone costs no fit; what it remembers (the loss after the last attempt)
+travels in the accelerator's ``state_dict``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class WorthIt(FallbackRule):
     """`Verify` at the configured horizon ``h``, and accepted only if ``loss_before - loss(pred) >=
     worth * rate * h``, where ``rate`` is the loss's drop per inner step between the previous attempt
     and this one. The first attempt (no rate yet: ``measuring``) and an attempt after a stretch where the
-    loss did not fall (``not-descending``) are rejected without a check. ``worth=0`` judges as `Verify`."""
+    loss did not fall (``not-descending``) are rejected without a fit or a check. ``worth=0`` judges as `Verify`."""
 
     defaults: ClassVar[dict[str, Any]] = {"tol": 0.0, "worth": 0.5}
 
@@ -65,21 +66,21 @@ class WorthIt(FallbackRule):
 
     def decide(self, jump: JumpProposal) -> Decision:
         h = jump.horizon
-        pred = jump.predict(h)
-        if pred is None:
-            self.loss_after = None  # the next rate would span this attempt: start again
-            return Decision.reject(_unusable(jump, h))
-        before = jump.loss_before  # first, so that the accepted point is the last one evaluated
+        # loss_before first: it is the inner step's own gradient evaluation whenever the jump is rejected,
+        # so measuring the rate costs nothing, and a rejection decided from it alone costs no fit either.
+        before = jump.loss_before
         rate = self.rate(before, jump.steps_since_last_attempt)
         self.loss_after = before  # where a rejection leaves the weights
         judged = self.params["worth"] > 0
-        # Rejected before the check (no closure call beyond loss_before, whose gradients the next step
-        # reuses): the first attempt, which only measures where the rate starts, and any attempt after
-        # a stretch where the loss did not fall (nothing to extrapolate).
+        # Rejected before the fit: the first attempt, which only measures where the rate starts, and any
+        # attempt after a stretch where the loss did not fall (nothing to extrapolate).
         if judged and rate is None:
             return Decision.reject("measuring")
         if judged and rate <= 0:
             return Decision.reject("not-descending")
+        pred = jump.predict(h)
+        if pred is None:
+            return Decision.reject(_unusable(jump, h))
         loss = jump.evaluate(pred)
         if not passes(loss, before, self.params["tol"]):
             return Decision.reject("loss-increased")
