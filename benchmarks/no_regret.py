@@ -24,9 +24,10 @@ from koopsweep.bench import BenchSettings, run_bench
 
 #: name -> the `--param` values of a candidate default (the accelerator's own defaults otherwise).
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "verify": {},  # today's default: dmd-global, window 16, horizon 100, fallback verify, no backoff
-    "verify-backoff6": {"backoff": 6},
-    "worth-it": {"fallback": "worth-it"},
+    "default": {},  # the accelerator's defaults as shipped (worth-it, backoff 4)
+    "verify": {"fallback": "verify", "backoff": 0},  # the default until issue 15
+    "verify-backoff6": {"fallback": "verify", "backoff": 6},
+    "worth-it": {"fallback": "worth-it", "backoff": 0},
     "worth-it-backoff4": {"fallback": "worth-it", "backoff": 4},
     "worth-it-backoff6": {"fallback": "worth-it", "backoff": 6},
 }

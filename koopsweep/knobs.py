@@ -45,12 +45,12 @@ KNOBS: dict[str, Knob] = {
     for knob in (
         Knob("window", 16, "snapshots per fit (at least the variant's min_window)", minimum=2),
         Knob("horizon", 100, "inner optimizer steps a jump predicts ahead", minimum=1),
-        Knob("fallback", "verify", "the fallback rule that decides what to do with a jump"),
+        Knob("fallback", "worth-it", "the fallback rule that decides what to do with a jump"),
         Knob("stride", 1, "inner steps between snapshots", minimum=1),
         Knob("snapshot", "last", "each snapshot is the last iterate of its stride block, or their mean",
              choices=("last", "mean")),  # fmt: skip
         Knob("burn_in", 0, "inner steps before the first snapshot", minimum=0),
-        Knob("backoff", 0, "after k rejected jumps in a row, wait 2**min(k, backoff) - 1 windows", minimum=0),
+        Knob("backoff", 4, "after k rejected jumps in a row, wait 2**min(k, backoff) - 1 windows", minimum=0),
         Knob("reset_state", "keep", "keep or reset the inner optimizer's state after an accepted jump",
              choices=("keep", "reset")),  # fmt: skip
         Knob("check_batches", 0, "judge jumps on this many fixed training batches (0: the step's own)", minimum=0),

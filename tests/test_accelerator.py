@@ -18,6 +18,14 @@ from koopsweep import AcceleratorStats, KoopmanAccelerator, Variant
 from koopsweep.errors import ParameterError, PluginNotFoundError, UsageError
 from koopsweep.fallbacks import Decision, FallbackRule
 
+
+def accelerator(optimizer, variant="dmd-global", **options):
+    """A `KoopmanAccelerator` under the rule and schedule these mechanics tests are written for (verify,
+    every window tried) unless a test names its own; the defaults themselves: tests/test_defaults.py."""
+    options.setdefault("fallback", "verify")
+    options.setdefault("backoff", 0)
+    return KoopmanAccelerator(optimizer, variant, **options)
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These models are tiny: a second intra-op thread only adds synchronisation (and, on a loaded
@@ -262,7 +270,7 @@ def test_exact_variant_lands_where_gradient_descent_would(fallback, stride, burn
     problem = Quadratic()
     params = problem.params()
     inner = torch.optim.SGD(params, lr=problem.lr)
-    acc = KoopmanAccelerator(
+    acc = accelerator(
         inner, ExactQuadratic(problem, stride=stride), window=4, horizon=horizon, fallback=fallback,
         stride=stride, burn_in=burn_in,
     )  # fmt: skip
@@ -287,7 +295,7 @@ def test_dmd_global_lands_where_gradient_descent_would(fallback):
     problem = Quadratic()  # 7 parameters over three tensors
     window, horizon = problem.w_star.numel() + 4, 30
     params = problem.params()
-    acc = KoopmanAccelerator(
+    acc = accelerator(
         torch.optim.SGD(params, lr=problem.lr), "dmd-global", window=window, horizon=horizon, fallback=fallback,
         center="increments", dtype="float64", rank=-1,
     )  # fmt: skip
@@ -310,7 +318,7 @@ def test_snapshot_schedule_and_last_snapshot_is_current():
     window, stride, burn_in, horizon = 3, 2, 5, 8
     variant, rule = Scaled(), Spy()
     model = mlp()
-    acc = KoopmanAccelerator(
+    acc = accelerator(
         torch.optim.SGD(model.parameters(), lr=0.1), variant, window=window, horizon=horizon, fallback=rule,
         stride=stride, burn_in=burn_in,
     )  # fmt: skip
@@ -346,7 +354,7 @@ def test_mean_snapshots_average_each_stride_block():
     window, stride, burn_in = 3, 4, 2
     variant = Scaled()
     model = mlp()
-    acc = KoopmanAccelerator(
+    acc = accelerator(
         torch.optim.SGD(model.parameters(), lr=0.1), variant, window=window, horizon=8, fallback=Spy(),
         stride=stride, burn_in=burn_in, snapshot="mean",
     )  # fmt: skip
@@ -370,7 +378,7 @@ def test_mean_snapshots_average_each_stride_block():
 def test_mean_snapshots_with_stride_one_are_the_iterates():
     def run(snapshot):
         model, variant = mlp(), Scaled()
-        acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), variant, window=4, horizon=3,
+        acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), variant, window=4, horizon=3,
                                  fallback=Spy(), snapshot=snapshot)  # fmt: skip
         for batch in batches(10):
             acc.step(mlp_closure(model, acc, batch))
@@ -384,7 +392,7 @@ def test_mean_snapshots_with_stride_one_are_the_iterates():
 def test_backoff_doubles_the_wait_after_rejected_jumps_and_an_accepted_one_resets_it(accept):
     window, backoff = 3, 2
     model = mlp()
-    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=window, horizon=4,
+    acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=window, horizon=4,
                              fallback=Spy(accept=accept), backoff=backoff)  # fmt: skip
     attempts = []
     for call, batch in enumerate(batches(60), start=1):
@@ -402,7 +410,7 @@ def test_backoff_doubles_the_wait_after_rejected_jumps_and_an_accepted_one_reset
 
 def test_snapshot_counts():
     model = mlp()
-    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=4, horizon=5,
+    acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=4, horizon=5,
                              fallback=Spy(), stride=1, burn_in=2)  # fmt: skip
     for batch in batches(12):
         acc.step(mlp_closure(model, acc, batch))
@@ -420,7 +428,7 @@ def _bare_vs_accelerated(make_opt, variant_factory, fallback, steps=30, window=4
     bare_model, _, bare_losses = run_mlp(make_opt, data)
     acc_model, acc, acc_losses = run_mlp(
         make_opt, data,
-        wrap=lambda opt: KoopmanAccelerator(opt, variant_factory(), window=window, horizon=10, fallback=fallback,
+        wrap=lambda opt: accelerator(opt, variant_factory(), window=window, horizon=10, fallback=fallback,
                                             **options),
     )  # fmt: skip
     return bare_model, bare_losses, acc_model, acc, acc_losses
@@ -448,7 +456,7 @@ def test_rejected_jumps_continue_exactly_like_the_bare_optimizer(optimizer, fall
 def test_rejected_jump_restores_parameters_bit_for_bit_before_the_inner_step():
     model = mlp()
     inner = torch.optim.Adam(model.parameters(), lr=1e-2)
-    acc = KoopmanAccelerator(inner, Scaled(factor=3.0), window=3, horizon=7, fallback=Meddler())
+    acc = accelerator(inner, Scaled(factor=3.0), window=3, horizon=7, fallback=Meddler())
     seen = []
     inner.register_step_pre_hook(lambda opt, args, kwargs: seen.append([p.detach().clone() for p in model.parameters()]))
     for batch in batches(4):
@@ -503,7 +511,7 @@ def test_unusable_predictions_are_rejected_by_every_rule(fallback, factory, reas
 
 def test_unusable_prediction_without_closure():
     model = mlp()
-    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Filled(value=math.nan), window=3,
+    acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Filled(value=math.nan), window=3,
                              horizon=5, fallback="none")  # fmt: skip
     bare_model = mlp()
     bare = torch.optim.SGD(bare_model.parameters(), lr=0.1)
@@ -520,7 +528,7 @@ def test_explode_ratio_boundary():
     for factor, accepted in ((1.5, True), (2.5, False)):
         rule = Spy()
         model = mlp()
-        acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(factor=factor), window=4,
+        acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(factor=factor), window=4,
                                  horizon=10, fallback=rule, explode_ratio=2.0)  # fmt: skip
         for batch in batches(5):
             acc.step(mlp_closure(model, acc, batch))
@@ -535,7 +543,7 @@ def test_max_jump_ratio_caps_the_jump(stride):
     for cap in (None, 1.0, 0.25, 10.0):
         variant, rule = Scaled(factor=3.0), Spy()
         model = mlp()
-        acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), variant, window=window,
+        acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), variant, window=window,
                                  horizon=horizon, fallback=rule, stride=stride, max_jump_ratio=cap)  # fmt: skip
         for batch in batches(window * stride + 1):
             acc.step(mlp_closure(model, acc, batch))
@@ -559,7 +567,7 @@ def test_max_jump_ratio_caps_the_jump(stride):
 def _count_calls(fallback, variant_factory, steps):
     problem = Quadratic()
     params = problem.params()
-    acc = KoopmanAccelerator(torch.optim.SGD(params, lr=problem.lr), variant_factory(problem), window=4,
+    acc = accelerator(torch.optim.SGD(params, lr=problem.lr), variant_factory(problem), window=4,
                              horizon=10, fallback=fallback)  # fmt: skip
     counter = [0]
     closure = problem.closure_for(params, acc, counter)
@@ -589,7 +597,7 @@ def _run_with_check(check_factory, steps=30, window=4, variant=None):
     with ``calls`` = {"closure": n, "check": n, "check_with_grad": n}."""
     data = batches(steps)
     model = mlp()
-    acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2), variant or Scaled(factor=0.5),
+    acc = accelerator(torch.optim.Adam(model.parameters(), lr=1e-2), variant or Scaled(factor=0.5),
                              window=window, horizon=10, fallback="verify")  # fmt: skip
     calls = {"closure": 0, "check": 0, "check_with_grad": 0}
     judge = check_factory(model)
@@ -664,7 +672,7 @@ def test_smoke_with_common_optimizers(optimizer, fallback):
     data = batches(30)
     model, acc, losses = run_mlp(
         SMOKE_OPTIMIZERS[optimizer], data,
-        wrap=lambda opt: KoopmanAccelerator(opt, Scaled(factor=0.5), window=4, horizon=10, fallback=fallback),
+        wrap=lambda opt: accelerator(opt, Scaled(factor=0.5), window=4, horizon=10, fallback=fallback),
     )  # fmt: skip
     stats = acc.stats
     assert all(math.isfinite(loss.item()) for loss in losses)
@@ -685,7 +693,7 @@ def test_smoke_dmd_global_with_common_optimizers(optimizer):
     data = batches(40)
     model, acc, losses = run_mlp(
         SMOKE_OPTIMIZERS[optimizer], data,
-        wrap=lambda opt: KoopmanAccelerator(opt, "dmd-global", window=6, horizon=20, fallback="verify"),
+        wrap=lambda opt: accelerator(opt, "dmd-global", window=6, horizon=20, fallback="verify"),
     )  # fmt: skip
     stats = acc.stats
     assert all(math.isfinite(loss.item()) for loss in losses)
@@ -699,7 +707,7 @@ def test_smoke_dmd_global_with_common_optimizers(optimizer):
 def test_reset_state_clears_the_inner_state_after_an_accepted_jump(reset_state):
     model = mlp()
     inner = torch.optim.Adam(model.parameters(), lr=1e-2)
-    acc = KoopmanAccelerator(inner, Scaled(factor=0.5), window=3, horizon=5, fallback="none",
+    acc = accelerator(inner, Scaled(factor=0.5), window=3, horizon=5, fallback="none",
                              reset_state=reset_state)  # fmt: skip
     data = batches(4)
     for batch in data[:3]:
@@ -714,7 +722,7 @@ def test_reset_state_clears_the_inner_state_after_an_accepted_jump(reset_state):
 def test_reset_state_keeps_the_state_after_a_rejected_jump():
     model = mlp()
     inner = torch.optim.Adam(model.parameters(), lr=1e-2)
-    acc = KoopmanAccelerator(inner, Filled(value=math.nan), window=3, horizon=5, fallback="none",
+    acc = accelerator(inner, Filled(value=math.nan), window=3, horizon=5, fallback="none",
                              reset_state="reset")  # fmt: skip
     for batch in batches(4):
         acc.step(mlp_closure(model, acc, batch))
@@ -723,7 +731,7 @@ def test_reset_state_keeps_the_state_after_a_rejected_jump():
 
 def test_accepted_jump_without_closure_skips_the_stale_gradient_step():
     model = mlp()
-    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(factor=0.5), window=3,
+    acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(factor=0.5), window=3,
                              horizon=5, fallback="none")  # fmt: skip
     for x, y in batches(3):
         acc.zero_grad()
@@ -755,7 +763,7 @@ def test_state_dict_round_trip(save_after):
     data = batches(24)
 
     def make(model):
-        return KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=4,
+        return accelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=4,
                                   horizon=10, fallback="verify", burn_in=1)  # fmt: skip
 
     model = mlp()
@@ -784,7 +792,7 @@ def test_state_dict_round_trip_keeps_a_part_summed_mean_snapshot(save_after):
     data = batches(40)
 
     def make(model):
-        return KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
+        return accelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
                                   horizon=6, fallback="verify", stride=3, snapshot="mean", burn_in=1)  # fmt: skip
 
     model, resumed_model = mlp(), mlp()
@@ -798,14 +806,14 @@ def test_state_dict_round_trip_keeps_a_part_summed_mean_snapshot(save_after):
     assert_same_params(model, resumed_model)
     assert acc.stats.jumps_tried >= 3 and acc.stats.jumps_tried == resumed.stats.jumps_tried
     # a state saved with the other snapshot mode is refused, naming both
-    other = KoopmanAccelerator(torch.optim.Adam(mlp().parameters(), lr=2e-2), Scaled(), window=3, stride=3)
+    other = accelerator(torch.optim.Adam(mlp().parameters(), lr=2e-2), Scaled(), window=3, stride=3)
     with pytest.raises(ParameterError, match="snapshot='mean'.*snapshot='last'"):
         other.load_state_dict(saved["optimizer"])
 
 
 def test_state_dict_keeps_the_backoff_wait():
     def make(model):
-        return KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=3, horizon=4,
+        return accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=3, horizon=4,
                                   fallback=Spy(), backoff=3)  # fmt: skip
 
     model, resumed_model = mlp(), mlp()
@@ -823,7 +831,7 @@ def test_state_dict_keeps_the_backoff_wait():
 
 def test_state_dict_keeps_the_adaptive_rules_horizon_scale():
     def make(model):
-        return KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
+        return accelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
                                   horizon=4, fallback="adaptive")  # fmt: skip
 
     model, resumed_model = mlp(), mlp()
@@ -843,9 +851,9 @@ def test_state_dict_keeps_the_adaptive_rules_horizon_scale():
 
 def test_load_state_dict_rejects_a_different_window():
     model = mlp()
-    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=4, fallback="none")
+    acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=4, fallback="none")
     state = acc.state_dict()
-    other = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=5, fallback="none")
+    other = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=5, fallback="none")
     with pytest.raises(ParameterError, match="window=4"):
         other.load_state_dict(state)
     with pytest.raises(ParameterError, match="not a KoopmanAccelerator state dict"):
@@ -871,7 +879,7 @@ def test_spectrum_is_recorded():
             return torch.tensor([0.9, 0.3 + 0.4j, -1.2], dtype=torch.complex64)
 
     model = mlp()
-    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Spectral(factor=0.5), window=3,
+    acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Spectral(factor=0.5), window=3,
                              horizon=4, fallback="none")  # fmt: skip
     for batch in batches(4):
         acc.step(mlp_closure(model, acc, batch))
@@ -882,7 +890,7 @@ def test_spectrum_is_recorded():
 def test_wrapper_surface():
     model = mlp()
     inner = torch.optim.SGD(model.parameters(), lr=0.1)
-    acc = KoopmanAccelerator(inner, Scaled(), window=3, horizon=4, fallback="none")
+    acc = accelerator(inner, Scaled(), window=3, horizon=4, fallback="none")
     assert acc.optimizer is inner and acc.param_groups is inner.param_groups and acc.state is inner.state
     for batch in batches(2):
         acc.step(mlp_closure(model, acc, batch))
@@ -927,37 +935,37 @@ def _sgd():
 )
 def test_invalid_options(kwargs, match):
     with pytest.raises(ParameterError, match=match):
-        KoopmanAccelerator(_sgd(), NeedsFive(), **{"window": 8, **kwargs})
+        accelerator(_sgd(), NeedsFive(), **{"window": 8, **kwargs})
 
 
 def test_window_below_the_variants_minimum_names_it():
     with pytest.raises(ParameterError, match="at least 5"):
-        KoopmanAccelerator(_sgd(), NeedsFive(), window=4)
-    KoopmanAccelerator(_sgd(), NeedsFive(), window=5)
+        accelerator(_sgd(), NeedsFive(), window=4)
+    accelerator(_sgd(), NeedsFive(), window=5)
     with pytest.raises(ParameterError, match="at least 2"):
-        KoopmanAccelerator(_sgd(), Scaled(), window=1)
+        accelerator(_sgd(), Scaled(), window=1)
 
 
 def test_invalid_variant_and_rule_arguments():
     with pytest.raises(ParameterError, match="Variant instance"):
-        KoopmanAccelerator(_sgd(), Scaled(), factor=2.0)
+        accelerator(_sgd(), Scaled(), factor=2.0)
     with pytest.raises(ParameterError, match="FallbackRule instance"):
-        KoopmanAccelerator(_sgd(), Scaled(), fallback=Spy(), fallback_params={"accept": True})
+        accelerator(_sgd(), Scaled(), fallback=Spy(), fallback_params={"accept": True})
     with pytest.raises(ParameterError, match="variant=42"):
-        KoopmanAccelerator(_sgd(), 42)
+        accelerator(_sgd(), 42)
     with pytest.raises(PluginNotFoundError, match="no-such-variant"):
-        KoopmanAccelerator(_sgd(), "no-such-variant")
+        accelerator(_sgd(), "no-such-variant")
     with pytest.raises(PluginNotFoundError, match="no-such-rule"):
-        KoopmanAccelerator(_sgd(), Scaled(), fallback="no-such-rule")
+        accelerator(_sgd(), Scaled(), fallback="no-such-rule")
     with pytest.raises(ParameterError, match="not a torch.optim.Optimizer"):
-        KoopmanAccelerator(object(), Scaled())
-    acc = KoopmanAccelerator(_sgd(), Scaled(), fallback="backtrack", fallback_params={"max_halvings": 1})
+        accelerator(object(), Scaled())
+    acc = accelerator(_sgd(), Scaled(), fallback="backtrack", fallback_params={"max_halvings": 1})
     assert acc.fallback.params["max_halvings"] == 1
 
 
 def test_a_rule_that_needs_a_closure_refuses_step_without_one():
     model = mlp()
-    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=3, fallback="verify")
+    acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=3, fallback="verify")
     x, y = batches(1)[0]
     torch.nn.functional.cross_entropy(model(x), y).backward()
     with pytest.raises(UsageError, match="without a closure"):
@@ -973,7 +981,7 @@ def test_a_rule_raising_leaves_the_model_untouched():
             raise RuntimeError("rule bug")
 
     model = mlp()
-    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=3, fallback=Broken())
+    acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=3, fallback=Broken())
     data = batches(4)
     for batch in data[:3]:
         acc.step(mlp_closure(model, acc, batch))

@@ -19,7 +19,7 @@ def test_minimal_spec_gets_defaults(tmp_path):
     assert spec.name == "s" and spec.task == "digits-mlp"
     assert spec.baselines == ["adam", "adadelta"] and spec.primary_baseline == "adam"
     assert spec.search["window"].distribution().low == 8
-    assert spec.search["fallback"].is_fixed and spec.search["fallback"].fixed == "verify"
+    assert spec.search["fallback"].is_fixed and spec.search["fallback"].fixed == "worth-it"
     assert spec.directions == ["maximize"]
 
 

@@ -228,6 +228,34 @@ def test_the_runs_a_dead_worker_had_open_for_a_trial_are_all_failed(workdir):
     assert status == {parent: "RUNNING", trial_run: "FAILED", baseline: "FAILED", other: "RUNNING"}
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retried(workdir, backend, request):
+    """Killed between creating its trial and starting the heartbeat, a worker leaves a RUNNING trial with
+    no heartbeat at all, which Optuna's own check never fails. Seen silent for longer than the grace
+    period, it is failed and its retry queued; a trial that beats is left alone."""
+    from koopsweep.sweep._storage import open_storage
+
+    url = f"sqlite:///{workdir / 'silent.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    storage = open_storage(url, heartbeat_interval=1)
+    study = optuna.create_study(study_name="silent", storage=storage)
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # no heartbeat: its worker "died"
+    alive = study.ask()
+    storage.record_heartbeat(alive._trial_id)
+    grace = storage._backend.grace_period if hasattr(storage, "_backend") else storage.grace_period
+    optuna.storages.fail_stale_trials(study)  # first seen silent: not yet stale
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.RUNNING] * 2
+    deadline = time.monotonic() + grace + 1.5
+    while time.monotonic() < deadline:  # the live trial keeps beating meanwhile
+        storage.record_heartbeat(alive._trial_id)
+        time.sleep(0.5)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials()
+    assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert trials[alive.number].state == optuna.trial.TrialState.RUNNING
+    [retry] = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert retry.user_attrs["retry_of"] == orphan.number and retry.params == orphan.params
+
+
 def test_a_worker_killed_mid_trial_is_failed_and_retried_while_others_go_on(workdir, postgres_url):
     write_spec(workdir / "tiny.toml", n_trials=3)
     create(workdir / "tiny.toml", postgres_url)

@@ -141,7 +141,7 @@ def test_the_accelerator_offers_the_steps_since_the_last_attempt(stride, backoff
 def test_state_dict_keeps_what_the_rule_measured():
     def make(model):
         return KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
-                                  horizon=4, fallback="worth-it", fallback_params={"worth": 0.1})  # fmt: skip
+                                  horizon=4, fallback="worth-it", fallback_params={"worth": 0.1}, backoff=0)  # fmt: skip
 
     model, resumed_model = mlp(), mlp()
     acc, resumed = make(model), make(resumed_model)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import platform
+import time
 import warnings
 from typing import Any
 
@@ -89,7 +90,7 @@ def open_storage(
             if url.startswith("postgresql") and "application_name" not in url:
                 # Each connection says which worker holds it (pg_stat_activity.application_name).
                 kwargs["engine_kwargs"]["connect_args"] = {"application_name": f"koopsweep {worker_label(os.getpid())}"}
-            storage = optuna.storages.RDBStorage(url, **kwargs)
+            storage = (HeartbeatRDBStorage if heartbeat_interval else optuna.storages.RDBStorage)(url, **kwargs)
         if retry_for > 0:
             return ResilientStorage(optuna.storages.get_storage(storage), url, retry_for=retry_for)
         return storage
@@ -109,6 +110,43 @@ def _storage_error(url: str, exc: Exception) -> KoopsweepError:
     message = f"cannot open storage {mask_uri(url)}: {type(exc).__name__}: {' '.join(lines)}"
     runtime = isinstance(exc, (OperationalError, OSError))
     return (KoopsweepError if runtime else UsageError)(redact(message))
+
+
+class HeartbeatRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, whose stale-trial check also catches a trial that never sent a heartbeat.
+
+    Optuna starts a trial's heartbeat just after creating it, and its check skips trials without one:
+    a worker killed in between leaves a trial RUNNING for ever, which every worker waiting for the
+    study's shared target then waits on (seen in the repeated-kill test). Such a trial is stale here once
+    this process has seen it RUNNING without a heartbeat for longer than the grace period, by its own
+    monotonic clock: the trial's start time was written by another host's clock, which need not agree
+    with the database's or this one's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._silent_since: dict[int, float] = {}  # trial id -> when this process first saw it silent
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        now = time.monotonic()
+        self._silent_since = {tid: self._silent_since.get(tid, now) for tid in self._silent_trial_ids(study_id)}
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        return stale + [tid for tid, since in self._silent_since.items() if now - since > grace]
+
+    def _silent_trial_ids(self, study_id: int) -> list[int]:
+        """The study's RUNNING trials that have no heartbeat recorded."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            rows = (
+                session.query(models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+                .filter(~models.TrialModel.heartbeats.any())
+                .all()
+            )
+        return [row[0] for row in rows]
 
 
 class RetryStaleTrial:

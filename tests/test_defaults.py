@@ -1,0 +1,64 @@
+"""The no-regret default: `KoopmanAccelerator(optimizer)` with no other argument judges jumps with
+`worth-it` and backs off after rejections, so that a run whose jumps do not pay trains as the bare
+optimizer would, step for step, and stops paying for attempts that keep failing."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from test_accelerator import Filled, Scaled, assert_same_params, batches, mlp, mlp_closure, run_mlp
+
+from koopsweep import KoopmanAccelerator
+from koopsweep.fallbacks import WorthIt
+from koopsweep.knobs import KNOBS
+
+
+def test_the_default_is_worth_it_with_backoff():
+    model = mlp()
+    acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2))
+    assert isinstance(acc.fallback, WorthIt) and acc.fallback.params == WorthIt.defaults
+    assert acc.backoff == KNOBS["backoff"].default == 4
+    assert acc.window == 16 and acc.horizon == 100 and type(acc.variant).__name__ == "GlobalDMD"
+
+
+def test_jumps_that_keep_failing_cost_no_more_than_their_checks_and_thin_out():
+    """Every jump is far worse (noise added to the weights): the default keeps none, the run is the
+    bare optimizer's bit for bit, each attempt costs at most one fit and one check, and the attempts
+    come ever further apart (2**min(k, 4) - 1 windows' wait after k rejections in a row)."""
+    steps, window = 400, 4
+    data = batches(steps)
+    bare, _, bare_losses = run_mlp(lambda p: torch.optim.Adam(p, lr=1e-2), data)
+    gaps: list[int] = []
+
+    def wrap(opt):
+        acc = KoopmanAccelerator(opt, Filled(noise=5.0), window=window, horizon=10, explode_ratio=math.inf)
+        decide = acc.fallback.decide
+        acc.fallback.decide = lambda jump: (gaps.append(jump.steps_since_last_attempt), decide(jump))[1]
+        return acc
+
+    model, acc, losses = run_mlp(lambda p: torch.optim.Adam(p, lr=1e-2), data, wrap=wrap)
+    stats = acc.stats
+    assert stats.jumps_accepted == 0
+    assert_same_params(bare, model)
+    assert all(torch.equal(a, b) for a, b in zip(bare_losses, losses))
+    # One check per fit, and the first attempt (measuring) fits nothing.
+    assert stats.rejections.get("measuring") == 1
+    assert stats.fits <= stats.jumps_tried - 1
+    assert stats.evaluations - stats.jumps_tried <= stats.fits  # loss_before is the inner step's own
+    # The wait doubles up to 15 windows: 400 steps hold at most a dozen attempts, not 400 / 4 = 100.
+    assert gaps[1:5] == [2 * window, 4 * window, 8 * window, 16 * window]
+    assert all(g == 16 * window for g in gaps[5:])
+    assert stats.jumps_tried <= 12
+
+
+def test_jumps_worth_their_horizon_are_still_taken():
+    """On a trajectory that a linear extrapolation continues well (an MLP under plain SGD at a small
+    rate) the default keeps jumps, and lands below the bare optimizer's loss at equal gradient steps."""
+    data = batches(1, seed=3) * 200  # one fixed batch: full-batch training, a smooth trajectory
+    sgd = lambda p: torch.optim.SGD(p, lr=0.05)  # noqa: E731
+    bare, _, bare_losses = run_mlp(sgd, data)
+    model, acc, losses = run_mlp(sgd, data, wrap=lambda opt: KoopmanAccelerator(opt, Scaled(), window=8, horizon=40))
+    assert acc.stats.jumps_accepted >= 1
+    assert losses[-1].item() < bare_losses[-1].item()
+    assert acc.stats.rejections.get("measuring") == 1
