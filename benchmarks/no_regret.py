@@ -1,7 +1,7 @@
 """Candidates for the no-regret default (issue 15): each shipped task in its full-batch and stochastic
 forms, under each candidate configuration, against its inner optimizer alone.
 
-    python benchmarks/no_regret.py --out DIR [--seeds 5] [--only TASK ...] [--candidates NAME ...]
+    python benchmarks/no_regret.py --out DIR [--seeds 5] [--only TASK ...] [--candidates NAME ...] [--budget N]
     python benchmarks/no_regret.py --out DIR --summarize     # the table again, from the JSONs in DIR
 
 Every row is `koopsweep bench TASK --param ...` (`koopsweep.bench.run_bench`): per seed the plain
@@ -52,7 +52,9 @@ FORMS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def measure(out: Path, seeds: int, forms: list[str], candidates: list[str]) -> None:
+def measure(out: Path, seeds: int, forms: list[str], candidates: list[str], budget: int | None = None) -> None:
+    """Bench every form under every candidate not yet in ``out``; ``budget`` cuts every form's gradient
+    steps (for the large tasks on a CPU; the summary names the cut)."""
     out.mkdir(parents=True, exist_ok=True)
     for form in forms:
         task, task_params = FORMS[form]
@@ -61,8 +63,10 @@ def measure(out: Path, seeds: int, forms: list[str], candidates: list[str]) -> N
             if path.exists():
                 continue
             started = time.perf_counter()
-            settings = BenchSettings(task=task, params={**task_params, **CANDIDATES[candidate]}, seeds=seeds)
+            settings = BenchSettings(task=task, params={**task_params, **CANDIDATES[candidate]}, seeds=seeds,
+                                     budget=budget)  # fmt: skip
             report = run_bench(settings)
+            report["cut_budget"] = budget  # what the summary names; settings.budget is always set
             path.write_text(json.dumps(report, indent=1, default=str))
             row = next(iter(report["summary"].values()))
             print(f"{form:28} {candidate:20} {row['median_speedup']:.2f}x "
@@ -79,12 +83,14 @@ def summarize(out: Path) -> str:
         [(optimizer, row)] = report["summary"].items()
         value = row["median_speedup"]
         cell = f"{value:.2f}x" if row["reached_fraction"] >= 0.5 else f"<{value:.2f}x"
-        found.setdefault(form, {})[candidate] = f"{cell} ({optimizer})"
+        budget = report.get("cut_budget")
+        label = form if budget is None else f"{form} ({budget} steps)"
+        found.setdefault(label, {})[candidate] = f"{cell} ({optimizer})"
         worst[candidate] = min(worst.get(candidate, float("inf")), value if row["reached_fraction"] >= 0.5 else 0.0)
     names = [c for c in CANDIDATES if c in worst]
     lines = ["| task | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for form in (f for f in FORMS if f in found):
-        lines.append(f"| {form} | " + " | ".join(found[form].get(c, "-") for c in names) + " |")
+    for label in sorted(found, key=lambda label: list(FORMS).index(label.split(" (")[0])):
+        lines.append(f"| {label} | " + " | ".join(found[label].get(c, "-") for c in names) + " |")
     lines.append("| **worst** | " + " | ".join(f"{worst[c]:.2f}x" for c in names) + " |")
     return "\n".join(lines)
 
@@ -95,10 +101,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=list(FORMS), choices=list(FORMS), metavar="FORM")
     parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--budget", type=int, default=None, help="gradient steps per run (default: the task's)")
     parser.add_argument("--summarize", action="store_true")
     args = parser.parse_args()
     if not args.summarize:
-        measure(args.out, args.seeds, args.only, args.candidates)
+        measure(args.out, args.seeds, args.only, args.candidates, args.budget)
     print(summarize(args.out))
 
 

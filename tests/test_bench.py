@@ -24,13 +24,13 @@ def test_bench_cli_writes_the_json_report(tmp_path):
     result = CliRunner().invoke(
         main,
         ["bench", "digits-mlp", "--variant", "dmd-global", "--param", "window=6", "--param", "horizon=20",
-         "--param", "verify.tol=0.01", "--optimizer", "adam", "--optimizer", "adadelta", "--seeds", "2",
+         "--param", "worth-it.tol=0.01", "--optimizer", "adam", "--optimizer", "adadelta", "--seeds", "2",
          "--budget", "40", "--device", "cpu", "--json", str(out)],
         catch_exceptions=False,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["settings"]["koopman"]["window"] == 6 and report["settings"]["koopman"]["verify.tol"] == 0.01
+    assert report["settings"]["koopman"]["window"] == 6 and report["settings"]["koopman"]["worth-it.tol"] == 0.01
     assert len(report["results"]) == 4
     assert {r["first"] for r in report["results"]} == {"baseline", "koopman"}  # alternating order
     for record in report["results"]:
@@ -83,7 +83,7 @@ def test_check_batches_judge_jumps_on_a_fixed_sample_of_the_training_stream():
 
 def test_param_sorting_and_errors():
     split = split_params(
-        "dmd-global", {"window": 8, "rank": 3, "task.hidden": 16, "verify.tol": 0.1, "lookahead-adam.k": 7},
+        "dmd-global", {"window": 8, "rank": 3, "task.hidden": 16, "worth-it.tol": 0.1, "lookahead-adam.k": 7},
         optimizers=["adam", "lookahead-adam"],
     )  # fmt: skip
     config = split.koopman

@@ -204,7 +204,8 @@ def test_workers_killed_again_and_again_mid_trial_leave_no_run_open(workdir, pos
             assert retry.params.items() >= trial.params.items(), (retry.params, trial.params)
         else:
             unretried.append(trial.number)
-        assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+        if "mlflow_run_id" in trial.user_attrs:  # absent when killed before its run started
+            assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "FAILED"
     # Known gap (seen once in several runs): a worker killed between failing another's stale trial and
     # queuing its retry leaves that trial FAIL with no retry. Its runs are still ended (above).
     assert len(unretried) <= 1, unretried
