@@ -21,9 +21,11 @@ from koopsweep.fallbacks import Decision, FallbackRule
 
 def accelerator(optimizer, variant="dmd-global", **options):
     """A `KoopmanAccelerator` under the rule and schedule these mechanics tests are written for (verify,
-    every window tried) unless a test names its own; the defaults themselves: tests/test_defaults.py."""
+    every window tried, a schedule of counts, not times) unless a test names its own; the defaults
+    themselves: tests/test_defaults.py."""
     options.setdefault("fallback", "verify")
     options.setdefault("backoff", 0)
+    options.setdefault("max_overhead", None)
     return KoopmanAccelerator(optimizer, variant, **options)
 
 @pytest.fixture(autouse=True, scope="module")

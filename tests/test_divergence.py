@@ -83,7 +83,7 @@ def test_a_jump_to_a_non_finite_loss_is_never_kept(fallback):
     # The prediction is finite and the size guard is off, so only the loss there can stop the jump.
     bare, _ = run(13)
     model, acc = run(13, lambda opt: KoopmanAccelerator(opt, Far(), window=4, horizon=5, fallback=fallback,
-                                                         backoff=0, explode_ratio=math.inf))  # fmt: skip
+                                                         backoff=0, max_overhead=None, explode_ratio=math.inf))  # fmt: skip
     assert acc.stats.jumps_tried == 3 and acc.stats.jumps_accepted == 0
     # `none` looks at no loss itself; the accelerator checks the one its inner step computes anyway.
     expected = "non-finite-loss" if fallback == "none" else "loss-increased"
@@ -101,7 +101,7 @@ def test_a_kept_finite_jump_costs_the_none_rule_no_extra_closure_call():
         defaults = {"offset": 1e-3}
 
     model, (x, y) = regression()
-    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.05), Near(), window=4, horizon=5, backoff=0,
+    acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.05), Near(), window=4, horizon=5, backoff=0, max_overhead=None,
                              fallback="none", explode_ratio=math.inf)  # fmt: skip
     for _ in range(13):
 
@@ -120,7 +120,7 @@ def test_a_kept_finite_jump_costs_the_none_rule_no_extra_closure_call():
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_a_rule_cannot_keep_non_finite_weights_it_built(value):
     bare, _ = run(13)
-    model, acc = run(13, lambda opt: KoopmanAccelerator(opt, Far(offset=0.0), window=4, horizon=5, backoff=0,
+    model, acc = run(13, lambda opt: KoopmanAccelerator(opt, Far(offset=0.0), window=4, horizon=5, backoff=0, max_overhead=None,
                                                          fallback=Forger(value=value)))  # fmt: skip
     assert acc.stats.jumps_accepted == 0 and acc.stats.rejections == {"non-finite": 3}
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -84,7 +84,7 @@ def test_attempts_declined_from_the_rate_alone_fit_nothing():
     attempts after a stretch where the loss rose cost no fit; the others fit once each."""
     model = mlp()
     acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2), Scaled(), window=3, horizon=4,
-                             fallback="worth-it")  # fmt: skip
+                             fallback="worth-it", backoff=0, max_overhead=None)  # fmt: skip
     for batch in batches(4):  # one window and the first attempt
         acc.step(mlp_closure(model, acc, batch))
     assert acc.stats.jumps_tried == 1 and acc.stats.rejections == {"measuring": 1} and acc.stats.fits == 0
@@ -127,7 +127,7 @@ def test_the_accelerator_offers_the_steps_since_the_last_attempt(stride, backoff
     model = mlp()
     rule = Recorder()
     acc = KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=3, horizon=4,
-                             fallback=rule, stride=stride, burn_in=2, backoff=backoff)  # fmt: skip
+                             fallback=rule, stride=stride, burn_in=2, backoff=backoff, max_overhead=None)  # fmt: skip
     for batch in batches(60):
         acc.step(mlp_closure(model, acc, batch))
     window_steps = 3 * stride
@@ -141,7 +141,8 @@ def test_the_accelerator_offers_the_steps_since_the_last_attempt(stride, backoff
 def test_state_dict_keeps_what_the_rule_measured():
     def make(model):
         return KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
-                                  horizon=4, fallback="worth-it", fallback_params={"worth": 0.1}, backoff=0)  # fmt: skip
+                                  horizon=4, fallback="worth-it", fallback_params={"worth": 0.1}, backoff=0,
+                                  max_overhead=None)  # fmt: skip
 
     model, resumed_model = mlp(), mlp()
     acc, resumed = make(model), make(resumed_model)

@@ -25,6 +25,7 @@ Optimizers that call the closure more than once per step (L-BFGS) are not suppor
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -63,6 +64,7 @@ class LoopState:
     rejected_in_a_row: int = 0
     wait_steps: int = 0  # inner steps left before the next window starts (backoff)
     last_attempt_step: int = 0  # stats.inner_steps at the previous jump attempt
+    seconds_per_step: float | None = None  # plain training's wall-clock per inner step, between attempts
 
 
 class KoopmanAccelerator:
@@ -91,6 +93,11 @@ class KoopmanAccelerator:
             extrapolation over the same horizon (``h * |x_last - x_first| / steps spanned by the window``).
         explode_ratio: a prediction farther than this many times that linear extrapolation, or non-finite,
             is unusable and the jump is rejected (``math.inf`` disables the size test).
+        max_overhead: after a rejected attempt, wait at least until its wall-clock cost (fit, predictions,
+            checks) is at most this fraction of the inner steps' time since it, so that failing attempts
+            cost at most that much however expensive a fit is next to a step (a tiny model's fit can cost
+            six of its steps). The attempt's and the steps' times are measured (CUDA synchronised at
+            attempts only), so the schedule depends on timing; ``None`` keeps it a function of counts.
 
     ``step(closure)`` returns the loss the inner step used. Without a closure, ``step()`` works only with
     rules that do not evaluate the loss (``none``); the user computed the gradients beforehand. Then an
@@ -118,6 +125,7 @@ class KoopmanAccelerator:
         reset_state: str = KNOBS["reset_state"].default,
         max_jump_ratio: float | None = None,
         explode_ratio: float = 1e3,
+        max_overhead: float | None = 0.02,
         **variant_params: Any,
     ) -> None:
         _check_optimizer(optimizer)
@@ -130,6 +138,8 @@ class KoopmanAccelerator:
         self._snapshot = _knob("snapshot", snapshot)
         self._max_jump_ratio = _ratio_option("max_jump_ratio", max_jump_ratio, allow_none=True)
         self._explode_ratio = _ratio_option("explode_ratio", explode_ratio, allow_none=False)
+        self._max_overhead = _ratio_option("max_overhead", max_overhead, allow_none=True)
+        self._clock_at_last_attempt: float | None = None  # when the previous attempt ended (not saved)
         self.variant = _build_variant(variant, variant_params)
         self.fallback = _build_fallback(fallback, fallback_params)
         needed = max(2, int(self.variant.min_window()))
@@ -154,6 +164,7 @@ class KoopmanAccelerator:
     reset_state = property(lambda self: self._reset_state, doc='"keep" or "reset".')
     max_jump_ratio = property(lambda self: self._max_jump_ratio, doc="Cap on a jump vs linear extrapolation.")
     explode_ratio = property(lambda self: self._explode_ratio, doc="Unusable beyond this ratio.")
+    max_overhead = property(lambda self: self._max_overhead, doc="Cap on failing attempts' share of the time.")
 
     @property
     def jump_due(self) -> bool:
@@ -194,7 +205,7 @@ class KoopmanAccelerator:
             f"fallback={self.fallback!r}, window={self._window}, horizon={self._horizon}, stride={self._stride}, "
             f"snapshot={self._snapshot!r}, burn_in={self._burn_in}, backoff={self._backoff}, "
             f"reset_state={self._reset_state!r}, max_jump_ratio={self._max_jump_ratio}, "
-            f"explode_ratio={self._explode_ratio})"
+            f"explode_ratio={self._explode_ratio}, max_overhead={self._max_overhead})"
         )
 
     # -- snapshots ----------------------------------------------------------------------------------------
@@ -269,12 +280,15 @@ class KoopmanAccelerator:
             )
         if self._loop.filled >= self._window:
             return self._jump_step(closure, check)
+        if self._clock_at_last_attempt is None and self._max_overhead is not None:
+            self._clock_at_last_attempt = self._clock()  # the first step: plain training's clock starts
         loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
         self._after_inner_step()
         return loss
 
     def _jump_step(self, closure: Closure | None, check: Closure | None) -> Any:
         stats = self.stats
+        started = self._clock() if self._max_overhead is not None else 0.0
         with torch.no_grad():
             current = [p.detach().clone() for p in self._params]
         # The variant is fitted on the rule's first predict(): a rule that declines before asking for a
@@ -293,6 +307,7 @@ class KoopmanAccelerator:
             proposal.restore()
             raise
         stats.jumps_tried += 1
+        attempt_s = self._clock() - started if self._max_overhead is not None else 0.0
 
         stepped = True
         accepted = decision.accepted
@@ -329,9 +344,28 @@ class KoopmanAccelerator:
         if self._backoff:
             doublings = min(self._loop.rejected_in_a_row, self._backoff)
             self._loop.wait_steps = (2**doublings - 1) * self._window * self._stride
+        if self._max_overhead is not None:
+            reused = proposal.holds_gradients_of(proposal.current) if not accepted else False
+            self._pay_for_attempt(started, attempt_s, proposal.steps_since_last_attempt, accepted, reused)
         if stepped:
             self._after_inner_step()
         return loss
+
+    def _pay_for_attempt(self, started: float, attempt_s: float, steps: int, accepted: bool, reused: bool) -> None:
+        """After a rejected attempt, wait until its cost is at most ``max_overhead`` of the steps' time.
+
+        Plain training's time per step is measured between two attempts (``seconds_per_step``, kept in
+        the state dict); the attempt's cost is its wall-clock time less the one step's gradient
+        evaluation it reused (``loss_before``). The next window's own steps count towards the wait."""
+        loop = self._loop
+        if self._clock_at_last_attempt is not None:  # ``steps`` less this attempt's own, since that clock
+            loop.seconds_per_step = (started - self._clock_at_last_attempt) / max(steps - 1, 1)
+        per_step = loop.seconds_per_step
+        if not accepted and per_step:
+            cost_steps = max(attempt_s / per_step - (1.0 if reused else 0.0), 0.0)
+            owed = math.ceil(cost_steps / self._max_overhead) - self._window * self._stride
+            loop.wait_steps = max(loop.wait_steps, owed)
+        self._clock_at_last_attempt = self._clock()
 
     def _fit_window(self) -> float | None:
         """Fit the variant on the full window (called by the proposal's first ``predict``): the norm of the
@@ -445,7 +479,9 @@ class KoopmanAccelerator:
         self._loop = LoopState(
             filled=int(filled), cycle_steps=int(cycle_steps), rejected_in_a_row=int(acc.get("rejected_in_a_row", 0)),
             wait_steps=int(acc.get("wait_steps", 0)), last_attempt_step=int(acc.get("last_attempt_step", 0)),
+            seconds_per_step=acc.get("seconds_per_step"),
         )  # fmt: skip
+        self._clock_at_last_attempt = None  # this process's clock starts again at the next step
         partial = acc.get("partial")
         if self._summing():
             if partial is None or len(partial) != len(self._buffers):
