@@ -30,6 +30,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "worth-it": {"fallback": "worth-it", "backoff": 0},
     "worth-it-backoff4": {"fallback": "worth-it", "backoff": 4},
     "worth-it-backoff6": {"fallback": "worth-it", "backoff": 6},
+    "converging": {"modes": "converging"},  # the default, predicting with converging modes only
 }
 
 #: label -> (task, task parameters): every shipped task in the form it ships in, and in the other form

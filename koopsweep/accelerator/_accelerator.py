@@ -97,7 +97,8 @@ class KoopmanAccelerator:
             checks) is at most this fraction of the inner steps' time since it, so that failing attempts
             cost at most that much however expensive a fit is next to a step (a tiny model's fit can cost
             six of its steps). The attempt's and the steps' times are measured (CUDA synchronised at
-            attempts only), so the schedule depends on timing; ``None`` keeps it a function of counts.
+            attempts only), so the schedule, and the run once a later jump is kept, then depend on the
+            machine's timing: ``None`` (the default) keeps a run a function of its seed alone.
 
     ``step(closure)`` returns the loss the inner step used. Without a closure, ``step()`` works only with
     rules that do not evaluate the loss (``none``); the user computed the gradients beforehand. Then an
@@ -125,7 +126,7 @@ class KoopmanAccelerator:
         reset_state: str = KNOBS["reset_state"].default,
         max_jump_ratio: float | None = None,
         explode_ratio: float = 1e3,
-        max_overhead: float | None = 0.02,
+        max_overhead: float | None = None,
         **variant_params: Any,
     ) -> None:
         _check_optimizer(optimizer)

@@ -31,6 +31,8 @@ import torch
 from koopsweep.koopman._rank import RankSpec, truncation_rank
 
 EIG_POLICIES = ("clip", "drop")
+#: Which fitted modes a prediction uses: all of them, or only those that describe convergence.
+MODE_FILTERS = ("all", "converging")
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,18 @@ def limit_eigenvalues(
     if policy == "drop":
         return eigenvalues, ~over
     raise ValueError(f"eig_policy must be one of {EIG_POLICIES}, got {policy!r}")
+
+
+def converging_modes(eigenvalues: torch.Tensor, max_angle: float) -> torch.Tensor:
+    """Mask of the modes that describe convergence: real-positive decays ``0 < lambda < 1`` and the
+    drift ``lambda = 1``, taken as those with ``0 < |lambda| <= 1`` (to a relative 1e-6, so that a drift
+    fitted a hair above 1 stays) and ``|arg lambda| <= max_angle``.
+
+    Dropped: oscillatory modes (both members of a conjugate pair have the same ``|arg|``, so a pair goes
+    together and the prediction stays real), negative ones (a period-2 flip) and growing ones.
+    """
+    modulus = eigenvalues.abs()
+    return (modulus > 0) & (modulus <= 1.0 + 1e-6) & (torch.angle(eigenvalues).abs() <= max_angle)
 
 
 def _log_polar(eigenvalues: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

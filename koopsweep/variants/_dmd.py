@@ -24,6 +24,10 @@ Shared numerical options (`DMDOptions`):
 * ``max_eig`` / ``eig_policy``: eigenvalues of modulus above ``max_eig`` are scaled down to it
   (``"clip"``) or left out of the prediction (``"drop"``); those at or below it are untouched, so an
   eigenvalue of exactly 1 stays 1. ``None`` disables the bound.
+* ``modes`` / ``max_angle`` (spectral filtering): ``"all"`` predicts with every fitted mode;
+  ``"converging"`` only with the real-positive decays and the drift (``0 < |lambda| <= 1``,
+  ``|arg lambda| <= max_angle`` radians), dropping oscillatory pairs, negative and growing modes
+  (`koopsweep.koopman.converging_modes`).
 
 The snapshot tensors passed to ``fit`` are kept (not copied) and read again by ``predict``: they must
 not be modified in place in between.
@@ -31,6 +35,7 @@ not be modified in place in between.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any, ClassVar
@@ -43,8 +48,10 @@ from koopsweep.errors import ParameterError
 from koopsweep.koopman import (
     CENTERS,
     EIG_POLICIES,
+    MODE_FILTERS,
     GramDMD,
     check_rank,
+    converging_modes,
     displacement_rows,
     fixed_point_growth,
     gram_dmd,
@@ -172,6 +179,13 @@ class DMDOptions(Variant):
                 p["max_eig"] = float(p["max_eig"])
         if "eig_policy" in p:
             require(p["eig_policy"] in EIG_POLICIES, self, "eig_policy", p["eig_policy"], '"clip" or "drop"')
+        if "modes" in p:
+            require(p["modes"] in MODE_FILTERS, self, "modes", p["modes"], '"all" or "converging"')
+        if "max_angle" in p:
+            a = p["max_angle"]
+            ok = isinstance(a, Real) and not isinstance(a, bool) and 0 <= float(a) <= math.pi
+            require(ok, self, "max_angle", a, "a float in [0, pi] (radians)")
+            p["max_angle"] = float(a)
 
     # Option accessors (parameters when declared, fixed values otherwise).
     @property
@@ -211,6 +225,9 @@ class DMDOptions(Variant):
         lam, keep = limit_eigenvalues(
             fit.eigenvalues, self.params.get("max_eig"), self.params.get("eig_policy", "clip")
         )
+        if self.params.get("modes", "all") == "converging":
+            converging = converging_modes(fit.eigenvalues, self.params["max_angle"])
+            keep = converging if keep is None else keep & converging
         growth = sum_growth(lam, horizon) if self.center == "increments" else power_growth(lam, horizon)
         return state_coefficients(displacement_rows(fit, growth, keep), self.center, window)
 
@@ -235,6 +252,8 @@ class GlobalDMD(DMDOptions):
         "center": "increments",
         "max_eig": 1.0,
         "eig_policy": "clip",
+        "modes": "all",
+        "max_angle": 0.1,
     }
 
     @classmethod
@@ -244,7 +263,7 @@ class GlobalDMD(DMDOptions):
             "center": CategoricalDistribution(CENTERS),
             "max_eig": FloatDistribution(0.9, 1.0),
             "eig_policy": CategoricalDistribution(EIG_POLICIES),
-        }
+        }  # modes (spectral filtering) is not searched: measured, it lost the PINN's gains
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
