@@ -44,6 +44,7 @@ from koopsweep.accelerator._tensors import _foreach_copy, _global_norm
 from koopsweep.errors import ParameterError, PluginValidationError, UsageError
 from koopsweep.fallbacks._base import Decision, FallbackRule
 from koopsweep.knobs import KNOBS
+from koopsweep.optimizers._trajectory import SlowWeights, slow_weights
 from koopsweep.variants._base import Variant
 
 Closure = Callable[[], Any]
@@ -83,6 +84,11 @@ class KoopmanAccelerator:
             of the ``stride`` iterates since the previous snapshot, which averages out minibatch noise and
             oscillation before the fit (one extra fused add per step). The jump then continues the averaged
             trajectory, whose last point lags the current weights by about ``(stride - 1) / 2`` steps.
+            ``"slow"`` (Koopman on slow weights) needs a Lookahead or SNOO inner optimizer (``lookahead-adam``,
+            ``snoo-adam``): a snapshot is the slow weights at each of its synchronisations, so the operator
+            sees the outer loop's smoothed trajectory; the stride is the outer loop's ``k`` (leave ``stride``
+            at 1 or give that ``k``), and an accepted jump moves the slow weights with the model's, so that
+            the next synchronisation continues from the jump instead of pulling the model back.
         burn_in: inner steps before snapshots start being recorded.
         backoff: after ``k`` rejected jumps in a row, wait ``2**min(k, backoff) - 1`` windows' worth of
             inner steps before recording the next window, so that a trajectory whose jumps keep failing
@@ -148,6 +154,7 @@ class KoopmanAccelerator:
             "window", window, needed,
             f" ({self.variant!r} needs at least {needed} snapshots; raise window or change the variant's parameters)",
         )  # fmt: skip
+        self._slow = self._slow_loop(optimizer, stride)
         self._needs_closure = bool(self.fallback.needs_closure)
         self.stats = AcceleratorStats()
         self._fit_warned = False
@@ -211,6 +218,24 @@ class KoopmanAccelerator:
 
     # -- snapshots ----------------------------------------------------------------------------------------
 
+    def _slow_loop(self, optimizer: torch.optim.Optimizer, stride: int) -> SlowWeights | None:
+        """For ``snapshot="slow"``: the inner optimizer's outer loop, whose ``k`` becomes the stride."""
+        if self._snapshot != "slow":
+            return None
+        slow = slow_weights(optimizer)
+        if slow is None:
+            raise ParameterError(
+                f"KoopmanAccelerator: snapshot='slow' needs an inner optimizer with slow weights (lookahead-adam or "
+                f"snoo-adam); {type(optimizer).__name__} has none"
+            )
+        if stride not in (1, slow.k):
+            raise ParameterError(
+                f"KoopmanAccelerator: stride={stride} is invalid with snapshot='slow'; the stride is the inner "
+                f"optimizer's k={slow.k} (leave stride at 1 or give {slow.k})"
+            )
+        self._stride = slow.k
+        return slow
+
     def _setup_buffers(self) -> None:
         self._params: list[torch.Tensor] = [p for group in self.optimizer.param_groups for p in group["params"]]
         self._buffers = [
@@ -220,10 +245,13 @@ class KoopmanAccelerator:
         self._slots = [[buf[i] for buf in self._buffers] for i in range(self._window)]
         self._on_cuda = any(p.is_cuda for p in self._params)
         self._loop = LoopState()
+        self._syncs_seen = self._slow.syncs if self._slow is not None else 0
 
     def _after_inner_step(self) -> None:
         stats = self.stats
         stats.inner_steps += 1
+        if self._slow is not None:
+            synced, self._syncs_seen = self._slow.syncs != self._syncs_seen, self._slow.syncs
         if stats.inner_steps <= self._burn_in:
             return
         if self._loop.wait_steps > 0:
@@ -232,8 +260,22 @@ class KoopmanAccelerator:
         self._loop.cycle_steps += 1
         if self._loop.filled >= self._window:
             return
-        block_done = self._loop.cycle_steps % self._stride == 0
         slot = self._slots[self._loop.filled]
+        if self._slow is not None:
+            # At a synchronisation the model's weights are the new slow weights: record those.
+            block_done = synced
+            if synced:
+                with torch.no_grad():
+                    _foreach_copy(slot, self._params)
+        else:
+            block_done = self._record(slot)
+        if block_done:
+            self._loop.filled += 1
+            stats.snapshots_recorded += 1
+
+    def _record(self, slot: list[torch.Tensor]) -> bool:
+        """Record this step's iterate into ``slot`` as ``snapshot`` says; whether the snapshot is complete."""
+        block_done = self._loop.cycle_steps % self._stride == 0
         with torch.no_grad():
             if self._snapshot == "last" or self._stride == 1:
                 if block_done:
@@ -244,9 +286,7 @@ class KoopmanAccelerator:
                 torch._foreach_add_(slot, self._params)
                 if block_done:
                     torch._foreach_mul_(slot, 1.0 / self._stride)
-        if block_done:
-            self._loop.filled += 1
-            stats.snapshots_recorded += 1
+        return block_done
 
     def _summing(self) -> bool:
         """Whether a ``snapshot="mean"`` block is part-way summed into the next free slot."""
@@ -311,12 +351,16 @@ class KoopmanAccelerator:
         attempt_s = self._clock() - started if self._max_overhead is not None else 0.0
 
         stepped = True
+        reused = False  # a rejection whose inner step reuses loss_before's gradient evaluation
         accepted = decision.accepted
         if accepted:
             stats.jumps_accepted += 1
             stats.accepted_horizon_total += self.effective_horizon(int(decision.horizon))
             if self._reset_state == "reset":
                 self.optimizer.state.clear()  # torch optimizers re-initialise state lazily, per parameter
+            if self._slow is not None:
+                with torch.no_grad():  # the outer loop continues from the jump (its momentum is kept)
+                    _foreach_copy(self._slow.slow, decision.params)
             if proposal.holds_gradients_of(decision.params):
                 # The rule's last evaluation was at exactly these weights: its gradients are in .grad, and
                 # that evaluation is this step's gradient computation.
@@ -331,7 +375,8 @@ class KoopmanAccelerator:
         else:
             reason = str(decision.reason)
             stats.rejections[reason] = stats.rejections.get(reason, 0) + 1
-            if proposal.restore():
+            reused = proposal.restore()
+            if reused:
                 # Weights restored bit for bit, and the gradients measured there by loss_before.
                 cached = proposal.loss_before_raw
                 loss = self.optimizer.step(lambda: cached)
@@ -346,7 +391,6 @@ class KoopmanAccelerator:
             doublings = min(self._loop.rejected_in_a_row, self._backoff)
             self._loop.wait_steps = (2**doublings - 1) * self._window * self._stride
         if self._max_overhead is not None:
-            reused = proposal.holds_gradients_of(proposal.current) if not accepted else False
             self._pay_for_attempt(started, attempt_s, proposal.steps_since_last_attempt, accepted, reused)
         if stepped:
             self._after_inner_step()
@@ -483,6 +527,7 @@ class KoopmanAccelerator:
             seconds_per_step=acc.get("seconds_per_step"),
         )  # fmt: skip
         self._clock_at_last_attempt = None  # this process's clock starts again at the next step
+        self._syncs_seen = self._slow.syncs if self._slow is not None else 0  # restored with the optimizer
         partial = acc.get("partial")
         if self._summing():
             if partial is None or len(partial) != len(self._buffers):

@@ -99,11 +99,6 @@ class _Proposal:
 
     # -- for the accelerator ---------------------------------------------------------------------------
 
-    @property
-    def current(self) -> list[torch.Tensor]:
-        """The weights before the jump (what a rejection restores)."""
-        return self._current
-
     def check_params(self, params: Any, who: str) -> None:
         if not isinstance(params, (list, tuple)) or len(params) != len(self._params):
             raise PluginValidationError(
