@@ -105,6 +105,11 @@ class KoopmanAccelerator:
             six of its steps). The attempt's and the steps' times are measured (CUDA synchronised at
             attempts only), so the schedule, and the run once a later jump is kept, then depend on the
             machine's timing: ``None`` (the default) keeps a run a function of its seed alone.
+        consistency: per-parameter consistency. If set, each attempt first fits the variant on the window
+            less its last snapshot and predicts that snapshot one step ahead; a parameter tensor whose
+            prediction misses by more than ``consistency`` times its own last displacement is held at its
+            current value and only the others jump (none consistent: the attempt is rejected as
+            ``"inconsistent"`` without a check). It costs a second, smaller fit per attempt.
 
     ``step(closure)`` returns the loss the inner step used. Without a closure, ``step()`` works only with
     rules that do not evaluate the loss (``none``); the user computed the gradients beforehand. Then an
@@ -133,6 +138,7 @@ class KoopmanAccelerator:
         max_jump_ratio: float | None = None,
         explode_ratio: float = 1e3,
         max_overhead: float | None = None,
+        consistency: float | None = None,
         **variant_params: Any,
     ) -> None:
         _check_optimizer(optimizer)
@@ -146,13 +152,16 @@ class KoopmanAccelerator:
         self._max_jump_ratio = _ratio_option("max_jump_ratio", max_jump_ratio, allow_none=True)
         self._explode_ratio = _ratio_option("explode_ratio", explode_ratio, allow_none=False)
         self._max_overhead = _ratio_option("max_overhead", max_overhead, allow_none=True)
+        self._consistency = _ratio_option("consistency", consistency, allow_none=True)
         self._clock_at_last_attempt: float | None = None  # when the previous attempt ended (not saved)
         self.variant = _build_variant(variant, variant_params)
         self.fallback = _build_fallback(fallback, fallback_params)
-        needed = max(2, int(self.variant.min_window()))
+        needed = max(2, int(self.variant.min_window())) + (1 if consistency is not None else 0)
         self._window = _int_option(
             "window", window, needed,
-            f" ({self.variant!r} needs at least {needed} snapshots; raise window or change the variant's parameters)",
+            f" ({self.variant!r} needs at least {needed} snapshots"
+            f"{', one more than its fit for the consistency check' if consistency is not None else ''}; raise window "
+            "or change the variant's parameters)",
         )  # fmt: skip
         self._slow = self._slow_loop(optimizer, stride)
         self._needs_closure = bool(self.fallback.needs_closure)
@@ -173,6 +182,7 @@ class KoopmanAccelerator:
     max_jump_ratio = property(lambda self: self._max_jump_ratio, doc="Cap on a jump vs linear extrapolation.")
     explode_ratio = property(lambda self: self._explode_ratio, doc="Unusable beyond this ratio.")
     max_overhead = property(lambda self: self._max_overhead, doc="Cap on failing attempts' share of the time.")
+    consistency = property(lambda self: self._consistency, doc="Tolerance of the per-parameter consistency check.")
 
     @property
     def jump_due(self) -> bool:
@@ -213,7 +223,7 @@ class KoopmanAccelerator:
             f"fallback={self.fallback!r}, window={self._window}, horizon={self._horizon}, stride={self._stride}, "
             f"snapshot={self._snapshot!r}, burn_in={self._burn_in}, backoff={self._backoff}, "
             f"reset_state={self._reset_state!r}, max_jump_ratio={self._max_jump_ratio}, "
-            f"explode_ratio={self._explode_ratio}, max_overhead={self._max_overhead})"
+            f"explode_ratio={self._explode_ratio}, max_overhead={self._max_overhead}, consistency={self._consistency})"
         )
 
     # -- snapshots ----------------------------------------------------------------------------------------
@@ -412,14 +422,16 @@ class KoopmanAccelerator:
             loop.wait_steps = max(loop.wait_steps, owed)
         self._clock_at_last_attempt = self._clock()
 
-    def _fit_window(self) -> float | None:
+    def _fit_window(self) -> tuple[float, list[bool] | None] | None:
         """Fit the variant on the full window (called by the proposal's first ``predict``): the norm of the
-        window's displacement, which the prediction guard measures jumps against, or None when the fit
-        failed (the prediction is then unusable, ``"fit-failed"``)."""
+        window's displacement, which the prediction guard measures jumps against, and which parameter
+        tensors may jump (None: all of them; see ``consistency``); None when a fit failed (the prediction
+        is then unusable, ``"fit-failed"``)."""
         stats = self.stats
         displacement = _global_norm(buf[-1] - buf[0] for buf in self._buffers)
         t0 = self._clock()
         try:
+            consistent = None if self._consistency is None else self._consistent_tensors()
             self.variant.fit(self._buffers)
         except Exception as exc:  # degenerate windows make linear algebra raise; never crash training
             stats.fit_time_s += self._clock() - t0
@@ -436,7 +448,23 @@ class KoopmanAccelerator:
         stats.fit_time_s += self._clock() - t0
         stats.fits += 1
         self._read_spectrum()
-        return displacement
+        return displacement, consistent
+
+    def _consistent_tensors(self) -> list[bool]:
+        """Which parameter tensors' last snapshot the variant, fitted on the snapshots before it, predicts
+        within ``consistency`` times that tensor's last displacement (one fit and one prediction)."""
+        earlier = [buf[:-1] for buf in self._buffers]
+        self.variant.fit(earlier)
+        self.stats.fits += 1
+        predicted = self.variant.predict(1)
+        with torch.no_grad():
+            misses = [torch.linalg.vector_norm((p.to(b.dtype) - b[-1]).reshape(-1)) for p, b in zip(predicted, self._buffers)]
+            steps = [torch.linalg.vector_norm((b[-1] - b[-2]).reshape(-1)) for b in self._buffers]
+            # One host read for all tensors; a tensor that did not move at all is consistent only if hit exactly.
+            within = (torch.stack(misses) <= self._consistency * torch.stack(steps)).tolist()
+        held = len(within) - sum(within)
+        self.stats.tensors_held += held
+        return within
 
     def _decide(self, proposal: _Proposal) -> Decision:
         decision = self.fallback.decide(proposal)

@@ -36,6 +36,7 @@ class _Proposal:
         self._check = check  # judges jumps instead of the closure, forward only; its calls leave no gradients
         self._fitted = False
         self._displacement: float | None = None  # of the fitted window; None when the fit failed
+        self._may_jump: list[bool] | None = None  # per parameter tensor (per-parameter consistency); None: all
         self._predictions: dict[int, list[torch.Tensor] | None] = {}
         self._reasons: dict[int, str] = {}
         self._evaluated: dict[int, tuple[list[torch.Tensor], float]] = {}
@@ -57,7 +58,9 @@ class _Proposal:
         acc = self._acc
         if not self._fitted:
             self._fitted = True
-            self._displacement = acc._fit_window()
+            fitted = acc._fit_window()
+            if fitted is not None:
+                self._displacement, self._may_jump = fitted
         if self._displacement is None:
             self._predictions[k], self._reasons[k] = None, "fit-failed"
             return None
@@ -217,6 +220,10 @@ class _Proposal:
             if r.numel() and r.data_ptr() in taken:
                 r = r.clone()
             pred.append(r)
+        if self._may_jump is not None:
+            if not any(self._may_jump):
+                return None, "inconsistent"
+            pred = [r if jump else c for r, c, jump in zip(pred, self._current, self._may_jump)]
         jumps = [r - c for r, c in zip(pred, self._current)]
         norm = _global_norm(jumps)
         if not math.isfinite(norm):

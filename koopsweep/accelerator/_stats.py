@@ -27,6 +27,8 @@ class AcceleratorStats:
     #: Variant fits made: an attempt whose rule declined before asking for a prediction fits nothing.
     fits: int = 0
     accepted_horizon_total: int = 0
+    #: Parameter tensors held at their current value by the per-parameter consistency check, over its fits.
+    tensors_held: int = 0
     evaluations: int = 0
     fit_time_s: float = 0.0
     predict_time_s: float = 0.0
@@ -48,7 +50,7 @@ class AcceleratorStats:
 
     _COUNTERS = (
         "inner_steps", "snapshots_recorded", "jumps_tried", "jumps_accepted", "fits", "accepted_horizon_total",
-        "evaluations", "fit_time_s", "predict_time_s", "verify_time_s", "last_spectral_radius",
+        "tensors_held", "evaluations", "fit_time_s", "predict_time_s", "verify_time_s", "last_spectral_radius",
     )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:

@@ -51,12 +51,13 @@ class JumpProposal(Protocol):
 
     def predict(self, horizon: int) -> list[torch.Tensor] | None:
         """Predicted parameters ``horizon`` steps ahead, or None when the prediction is unusable
-        (non-finite, exploding beyond the accelerator's guard, or the variant raised). Cached per horizon;
+        (non-finite, exploding beyond the accelerator's guard, no parameter consistent, or the variant
+        raised). Cached per horizon;
         the returned tensors must not be modified."""
 
     def unusable_reason(self, horizon: int) -> str | None:
         """Why ``predict(horizon)`` returned None (``"fit-failed"``, ``"non-finite"``, ``"exploding"``,
-        ``"predict-failed"``), or None when it did not (or was not asked yet)."""
+        ``"inconsistent"``, ``"predict-failed"``), or None when it did not (or was not asked yet)."""
 
     def evaluate(self, params: list[torch.Tensor]) -> float:
         """The training loss at ``params`` (one closure call; ``inf`` when it is not finite)."""

@@ -32,7 +32,11 @@ class DigitsMLP(ClassificationTask):
     """
 
     default_budget: ClassVar[int] = 300
-    baseline_lrs: ClassVar[dict[str, float]] = {"adam": 0.003, "adadelta": 10.0, "sgd": 0.1, "adagrad": 0.1}
+    # lookahead-adam and snoo-adam: benchmarks/tune_baselines.py TASK --seeds 3 --optimizers lookahead-adam,snoo-adam
+    baseline_lrs: ClassVar[dict[str, float]] = {
+        "adam": 0.003, "adadelta": 10.0, "sgd": 0.1, "adagrad": 0.1,
+        "lookahead-adam": 0.01, "snoo-adam": 0.003,
+    }  # fmt: skip
     defaults: ClassVar[dict[str, Any]] = {"hidden": 32, "activation": "relu", "batch_size": 0, "eval_split": "test"}
 
     n_inputs = 64

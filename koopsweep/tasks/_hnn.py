@@ -99,7 +99,11 @@ class HNNOscillator(CachedTask):
     """
 
     default_budget: ClassVar[int] = 4000
-    baseline_lrs: ClassVar[dict[str, float]] = {"adam": 0.01, "adadelta": 0.3, "sgd": 0.003, "adagrad": 0.1}
+    # lookahead-adam and snoo-adam: benchmarks/tune_baselines.py TASK --seeds 3 --optimizers lookahead-adam,snoo-adam
+    baseline_lrs: ClassVar[dict[str, float]] = {
+        "adam": 0.01, "adadelta": 0.3, "sgd": 0.003, "adagrad": 0.1,
+        "lookahead-adam": 0.03, "snoo-adam": 0.01,
+    }  # fmt: skip
     defaults: ClassVar[dict[str, Any]] = {
         "n_points": 200,
         "t_max": 2 * math.pi,

@@ -63,7 +63,11 @@ class MNIST1DMLP(ClassificationTask):
     """
 
     default_budget: ClassVar[int] = 1000
-    baseline_lrs: ClassVar[dict[str, float]] = {"adam": 0.001, "adadelta": 1.0, "sgd": 0.03, "adagrad": 0.03}
+    # lookahead-adam and snoo-adam: benchmarks/tune_baselines.py TASK --seeds 3 --optimizers lookahead-adam,snoo-adam
+    baseline_lrs: ClassVar[dict[str, float]] = {
+        "adam": 0.001, "adadelta": 1.0, "sgd": 0.03, "adagrad": 0.03,
+        "lookahead-adam": 0.003, "snoo-adam": 0.001,
+    }  # fmt: skip
     defaults: ClassVar[dict[str, Any]] = {
         "hidden": (100, 100),
         "activation": "relu",

@@ -45,7 +45,11 @@ class TeacherStudent(CachedTask):
     """
 
     default_budget: ClassVar[int] = 1000
-    baseline_lrs: ClassVar[dict[str, float]] = {"adam": 0.01, "adadelta": 1.0, "sgd": 0.1, "adagrad": 0.03}
+    # lookahead-adam and snoo-adam: benchmarks/tune_baselines.py TASK --seeds 3 --optimizers lookahead-adam,snoo-adam
+    baseline_lrs: ClassVar[dict[str, float]] = {
+        "adam": 0.01, "adadelta": 1.0, "sgd": 0.1, "adagrad": 0.03,
+        "lookahead-adam": 0.01, "snoo-adam": 0.01,
+    }  # fmt: skip
     defaults: ClassVar[dict[str, Any]] = {
         "input_dim": 8,
         "hidden": 64,

@@ -1,0 +1,131 @@
+"""Per-parameter consistency (``consistency=TOL``): a tensor jumps only where the variant, fitted on the
+window less its last snapshot, predicts that snapshot; the others keep their current values."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from koopsweep import KoopmanAccelerator
+from koopsweep.errors import ParameterError
+
+
+class Drifting(torch.nn.Module):
+    """Two tensors under SGD: ``steady`` feels a constant gradient (it moves in a straight line, which
+    linear extrapolation predicts exactly), ``noisy`` a fresh random gradient every call."""
+
+    def __init__(self, with_steady: bool = True):
+        super().__init__()
+        self.steady = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64)) if with_steady else None
+        self.noisy = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+        self.pull = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+        self.noise = torch.Generator().manual_seed(0)
+
+    def loss(self) -> torch.Tensor:
+        kick = torch.randn(4, generator=self.noise, dtype=torch.float64)
+        total = (kick * self.noisy).sum()
+        return total + (self.pull * self.steady).sum() if self.steady is not None else total
+
+
+def run(model, steps, **options):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    options = {"fallback": "none", "backoff": 0, "window": 6, "horizon": 10, **options}
+    acc = KoopmanAccelerator(optimizer, "extrapolate-linear", **options)
+
+    def closure():
+        acc.zero_grad()
+        loss = model.loss()
+        loss.backward()
+        return loss
+
+    trace = []
+    for _ in range(steps):
+        acc.step(closure)
+        trace.append([p.detach().clone() for p in model.parameters()])
+    return acc, trace
+
+
+def bare_sgd(model, steps):
+    """The trajectory of SGD alone (the kicks do not depend on the weights: same stream, same kicks)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trace = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model.loss().backward()
+        optimizer.step()
+        trace.append([p.detach().clone() for p in model.parameters()])
+    return trace
+
+
+def test_only_the_consistent_tensor_jumps():
+    model = Drifting()
+    acc, trace = run(model, 7, consistency=0.1)  # the window (6 steps), then the jump and one step
+    assert acc.stats.jumps_accepted == 1 and acc.stats.fits == 2 and acc.stats.tensors_held == 1
+    bare = bare_sgd(Drifting(), 7)
+    velocity = -0.1 * model.pull
+    # steady: jumped 10 steps along its line, then one SGD step; noisy: held, so exactly SGD's
+    torch.testing.assert_close(trace[6][0], bare[5][0] + 11 * velocity, rtol=1e-12, atol=1e-12)
+    assert torch.equal(trace[6][1], bare[6][1])
+
+    acc, trace = run(Drifting(), 7)  # the check off: both tensors jump
+    assert acc.stats.fits == 1 and acc.stats.tensors_held == 0
+    assert (trace[6][1] - bare[6][1]).norm() > 0.1
+
+
+def test_an_attempt_with_no_consistent_tensor_is_rejected_without_a_check():
+    model = Drifting(with_steady=False)
+    bare = Drifting(with_steady=False)
+    acc, trace = run(model, 40, consistency=0.1, fallback="verify")
+    assert acc.stats.jumps_tried >= 5 and acc.stats.jumps_accepted == 0
+    assert acc.stats.rejections == {"inconsistent": acc.stats.jumps_tried}
+    assert acc.stats.evaluations == 0  # the rule saw an unusable prediction; nothing was evaluated
+    for step, expected in enumerate(bare_sgd(bare, 40)):
+        assert torch.equal(trace[step][0], expected[0])
+
+
+def test_dmd_on_gradient_descent_with_every_tensor_consistent_is_still_exact():
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))
+    hessian = q @ torch.diag(torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)) @ q.T
+    start = torch.randn(4, dtype=torch.float64)
+    window, horizon = 10, 20
+
+    def descend(steps, **koopman):
+        x = torch.nn.Parameter(start.clone())
+        optimizer = torch.optim.SGD([x], lr=0.2)
+        stepper = KoopmanAccelerator(optimizer, "dmd-global", dtype="float64", **koopman) if koopman else optimizer
+
+        def closure():
+            stepper.zero_grad()
+            loss = 0.5 * x @ hessian @ x
+            loss.backward()
+            return loss
+
+        for _ in range(steps):
+            stepper.step(closure)
+        return x.detach(), stepper
+
+    target, _ = descend(window + horizon + 1)
+    jumped, acc = descend(window + 1, window=window, horizon=horizon, fallback="none", backoff=0, consistency=1e-6)
+    assert acc.stats.jumps_accepted == 1 and acc.stats.tensors_held == 0
+    torch.testing.assert_close(jumped, target, rtol=1e-8, atol=1e-10)
+
+
+def test_the_check_needs_one_snapshot_more_and_a_positive_tolerance():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ParameterError, match="needs at least 3 snapshots, one more than its fit"):
+        KoopmanAccelerator(torch.optim.SGD(params, lr=0.1), "extrapolate-linear", window=2, consistency=0.5)
+    with pytest.raises(ParameterError, match="consistency=0 is invalid"):
+        KoopmanAccelerator(torch.optim.SGD(params, lr=0.1), consistency=0)
+
+
+def test_state_dict_keeps_the_held_count():
+    acc, _ = run(Drifting(), 7, consistency=0.1)
+    buffer = io.BytesIO()
+    torch.save(acc.state_dict(), buffer)
+    buffer.seek(0)
+    resumed, _ = run(Drifting(), 0, consistency=0.1)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert resumed.stats.tensors_held == 1 and resumed.stats.fits == 2
