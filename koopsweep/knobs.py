@@ -7,31 +7,43 @@ knob here is the one change that makes every one of them know it. Pure data: not
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Knob:
     """One shared knob: its default, and what a valid value is (an integer from ``minimum``, one of
-    ``choices``, or else a plugin name)."""
+    ``choices``, ``positive``: None (off) or a number > 0, or else a plugin name)."""
 
     name: str
     default: Any
     doc: str
     minimum: int | None = None
     choices: tuple[str, ...] | None = None
+    positive: bool = False
 
     @property
     def is_int(self) -> bool:
         return self.minimum is not None
+
+    @property
+    def is_number(self) -> bool:
+        """Whether a spec may give the knob a range (integer and positive knobs)."""
+        return self.is_int or self.positive
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with ``value`` for this knob ("expected ..."), or None when it is valid."""
         if self.is_int:
             if not isinstance(value, Integral) or isinstance(value, bool) or value < self.minimum:
                 return f"expected an integer >= {self.minimum}"
+        elif self.positive:
+            if value is not None and (
+                not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value) or value <= 0
+            ):
+                return "expected a number > 0 (or nothing: off)"
         elif self.choices is not None:
             if value not in self.choices:
                 return f"expected one of {', '.join(self.choices)}"
@@ -53,6 +65,10 @@ KNOBS: dict[str, Knob] = {
         Knob("backoff", 4, "after k rejected jumps in a row, wait 2**min(k, backoff) - 1 windows", minimum=0),
         Knob("reset_state", "keep", "keep or reset the inner optimizer's state after an accepted jump",
              choices=("keep", "reset")),  # fmt: skip
+        Knob("max_overhead", None, "wait after a rejected attempt until its wall-clock cost is at most this share of "
+             "the training time since (off: a run stays a function of its seed)", positive=True),
+        Knob("consistency", None, "jump only the parameter tensors whose last snapshot the variant, fitted on the "
+             "earlier ones, predicts within this many times their last displacement", positive=True),
         Knob("check_batches", 0, "judge jumps on this many fixed training batches (0: the step's own)", minimum=0),
     )
 }

@@ -216,6 +216,8 @@ def _search_field(check: _Checker, name: str, raw: Any) -> SearchField:
     if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
         check.finite(path, raw)
         return SearchField(name, fixed=raw)
+    if raw is None and KNOBS[name].default is None:  # a knob that is off unless given (never from TOML)
+        return SearchField(name, fixed=None)
     check.fail(path, f"expected a value, a list of choices or a {{low, high}} table, got {raw!r}")
     raise AssertionError  # unreachable
 
@@ -225,7 +227,7 @@ def _check_search_values(check: _Checker, search: dict[str, SearchField]) -> Non
     integer knobs; a fallback rule's name is checked against the installed ones by `check_plugins`)."""
     for name, knob in KNOBS.items():
         f = search[name]
-        if f.low is not None and not knob.is_int:
+        if f.low is not None and not knob.is_number:
             check.fail(f"search.{name}", "takes a name or a list of names, not a range")
         for v in f.values() + [v for v in (f.low, f.high) if v is not None]:
             problem = knob.problem(v)

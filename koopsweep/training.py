@@ -72,6 +72,8 @@ class KoopmanConfig:
     burn_in: int = KNOBS["burn_in"].default
     backoff: int = KNOBS["backoff"].default
     reset_state: str = KNOBS["reset_state"].default
+    max_overhead: float | None = KNOBS["max_overhead"].default
+    consistency: float | None = KNOBS["consistency"].default
     # > 0: jumps are judged by the mean loss on this many fixed training batches, drawn once from a
     # stream seeded apart from the training one, instead of on the step's own minibatch.
     check_batches: int = KNOBS["check_batches"].default

@@ -129,3 +129,15 @@ def test_state_dict_keeps_the_held_count():
     resumed, _ = run(Drifting(), 0, consistency=0.1)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert resumed.stats.tensors_held == 1 and resumed.stats.fits == 2
+
+
+def test_bench_and_specs_set_it_as_a_shared_knob():
+    from koopsweep.bench import split_params
+    from koopsweep.errors import UsageError
+
+    config = split_params("dmd-global", {"consistency": 0.5, "max_overhead": 0.02}).koopman
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    acc = KoopmanAccelerator(torch.optim.SGD(params, lr=0.1), **config.accelerator_kwargs())
+    assert (acc.consistency, acc.max_overhead) == (0.5, 0.02)
+    with pytest.raises(UsageError, match="consistency=-1 is invalid; expected a number > 0"):
+        split_params("dmd-global", {"consistency": -1})

@@ -40,6 +40,16 @@ snapshot = ["last", "mean"]
     assert spec.search["snapshot"].distribution().choices == ("last", "mean")
 
 
+def test_number_knobs_are_off_unless_given_and_take_a_range(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL))
+    assert spec.search["consistency"].is_fixed and spec.search["consistency"].fixed is None
+    assert spec_from_json(spec.dumps(), "stored") == spec  # null in the stored JSON: still off
+    spec = load_spec(write(tmp_path, MINIMAL + "[search]\nconsistency = {low = 0.1, high = 2.0, log = true}\nmax_overhead = 0.02\n"))
+    consistency = spec.search["consistency"].distribution()
+    assert (consistency.low, consistency.high, consistency.log) == (0.1, 2.0, True)
+    assert spec.search["max_overhead"].fixed == 0.02
+
+
 def test_round_trip_through_the_study_json(tmp_path):
     spec = load_spec(write(tmp_path, MINIMAL + 'objective = "speedup-and-gap"\n[pruner]\nname = "none"\n[search]\nhorizon = [10, 20]\n'))
     again = spec_from_json(spec.dumps(), "stored")
@@ -91,6 +101,9 @@ BAD = [
     (MINIMAL + "[search]\nburn_in = -5\n", "'search.burn_in'"),
     (MINIMAL + "[search]\ncheck_batches = [0, -1]\n", "'search.check_batches'"),
     (MINIMAL + "[search]\nbackoff = 1.5\n", "'search.backoff'"),
+    (MINIMAL + "[search]\nconsistency = 0\n", "'search.consistency'"),
+    (MINIMAL + "[search]\nmax_overhead = {low = -1.0, high = 0.1}\n", "'search.max_overhead'"),
+    (MINIMAL + "[search]\nconsistency = 'tight'\n", "'search.consistency'"),
     (MINIMAL + "name = 'a/b'\n", None),  # duplicate key: TOML error
     ('name = "a/b"\ntask = "digits-mlp"\n', "'name'"),
 ]

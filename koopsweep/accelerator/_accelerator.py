@@ -137,8 +137,8 @@ class KoopmanAccelerator:
         reset_state: str = KNOBS["reset_state"].default,
         max_jump_ratio: float | None = None,
         explode_ratio: float = 1e3,
-        max_overhead: float | None = None,
-        consistency: float | None = None,
+        max_overhead: float | None = KNOBS["max_overhead"].default,
+        consistency: float | None = KNOBS["consistency"].default,
         **variant_params: Any,
     ) -> None:
         _check_optimizer(optimizer)
@@ -151,8 +151,8 @@ class KoopmanAccelerator:
         self._snapshot = _knob("snapshot", snapshot)
         self._max_jump_ratio = _ratio_option("max_jump_ratio", max_jump_ratio, allow_none=True)
         self._explode_ratio = _ratio_option("explode_ratio", explode_ratio, allow_none=False)
-        self._max_overhead = _ratio_option("max_overhead", max_overhead, allow_none=True)
-        self._consistency = _ratio_option("consistency", consistency, allow_none=True)
+        self._max_overhead = _knob("max_overhead", max_overhead)
+        self._consistency = _knob("consistency", consistency)
         self._clock_at_last_attempt: float | None = None  # when the previous attempt ended (not saved)
         self.variant = _build_variant(variant, variant_params)
         self.fallback = _build_fallback(fallback, fallback_params)

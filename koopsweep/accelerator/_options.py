@@ -20,6 +20,8 @@ def _knob(name: str, value: Any) -> Any:
     problem = KNOBS[name].problem(value)
     if problem:
         raise ParameterError(f"KoopmanAccelerator: {name}={value!r} is invalid; {problem}")
+    if KNOBS[name].positive:
+        return None if value is None else float(value)
     return int(value) if KNOBS[name].is_int else value
 
 
