@@ -31,6 +31,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "worth-it-backoff4": {"fallback": "worth-it", "backoff": 4},
     "worth-it-backoff6": {"fallback": "worth-it", "backoff": 6},
     "converging": {"modes": "converging"},  # the default, predicting with converging modes only
+    "consistency": {"consistency": 0.5},  # the default, jumping only the tensors predicted consistently
+    "verify-consistency": {"fallback": "verify", "backoff": 0, "consistency": 0.5},
+    "max-overhead": {"max_overhead": 0.02},  # the default, paced by the clock (no longer seed-exact)
 }
 
 #: label -> (task, task parameters): every shipped task in the form it ships in, and in the other form

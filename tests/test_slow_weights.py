@@ -194,3 +194,17 @@ def test_slow_snapshots_need_an_outer_loop_and_its_stride():
     with pytest.raises(ParameterError, match="stride=3 is invalid with snapshot='slow'.*k=5"):
         KoopmanAccelerator(optimizer, snapshot="slow", stride=3)
     assert KoopmanAccelerator(optimizer, snapshot="slow", stride=5).stride == 5
+
+
+def test_a_training_run_takes_snapshot_slow_from_its_config():
+    from koopsweep.plugins import instantiate, load_task
+    from koopsweep.training import KoopmanConfig, train
+
+    task = instantiate(load_task("digits-mlp"), {})
+    config = KoopmanConfig(variant="dmd-global", snapshot="slow", window=4, horizon=20, fallback="verify", backoff=0)
+    result = train(task, optimizer="lookahead-adam", lr=1e-2, seed=0, device=torch.device("cpu"), max_steps=45,
+                   koopman=config, optimizer_params={"k": 5})  # fmt: skip
+    # 45 steps: syncs at 5, 10, ..., 45; windows of 4 syncs, each attempt's step starting the next window
+    assert result.stats["snapshots_recorded"] == 9 and result.stats["jumps_tried"] == 2
+    with pytest.raises(ParameterError, match="snapshot='slow' needs an inner optimizer with slow weights"):
+        train(task, optimizer="adam", lr=1e-2, seed=0, device=torch.device("cpu"), max_steps=5, koopman=config)
