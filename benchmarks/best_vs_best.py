@@ -1,7 +1,7 @@
 """The best accelerated configuration against the best baseline, at the same target loss.
 
     OMP_NUM_THREADS=1 python benchmarks/best_vs_best.py --out DIR [--task NAME ...] [--seeds 5]
-                                                        [--figures DIR] [--summarize]
+                                                        [--configs default|slow-weights] [--figures DIR] [--summarize]
 
 `koopsweep bench` pairs an accelerated run with its own inner optimizer. This asks the harder question:
 against whichever of Adam, Adadelta, SGD (momentum 0.9) and Adagrad, each at the task's tuned rate
@@ -77,7 +77,8 @@ class Accelerated:
 
     @property
     def label(self) -> str:
-        return f"{self.variant}+{self.config.fallback} on {self.optimizer}"
+        on = "slow weights of " if self.config.snapshot == "slow" else ""
+        return f"{self.variant}+{self.config.fallback} on {on}{self.optimizer}"
 
 
 #: task -> its accelerated configurations: the best ones of docs/results.md section 2 (adaptive
@@ -102,6 +103,15 @@ DEFAULT_CONFIGS: dict[str, list[Accelerated]] = {
         Accelerated("dmd-global", {"window": 8, "horizon": 40, "fallback": "adaptive"}, "adam"),
     ],
 }
+
+#: Koopman on slow weights (docs/results.md section 13): the configuration that kept jumps there, on
+#: each outer loop, to be raced against tuned Adam and the outer loops themselves.
+SLOW_WEIGHTS_FORM = {"snapshot": "slow", "fallback": "verify", "backoff": 0, "window": 8, "horizon": 100}
+SLOW_WEIGHT_CONFIGS: dict[str, list[Accelerated]] = {
+    task: [Accelerated("dmd-global", SLOW_WEIGHTS_FORM, inner) for inner in ("lookahead-adam", "snoo-adam")]
+    for task in ("teacher-student", "hnn-oscillator")
+}
+CONFIG_SETS = {"default": DEFAULT_CONFIGS, "slow-weights": SLOW_WEIGHT_CONFIGS}
 
 
 def _curve(run: RunResult) -> list[list[float]]:
@@ -366,7 +376,7 @@ def tables(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON reports")
-    parser.add_argument("--task", action="append", choices=sorted(DEFAULT_CONFIGS),
+    parser.add_argument("--task", action="append", choices=sorted({task for configs in CONFIG_SETS.values() for task in configs}),
                         help="task to run (repeatable; default: all)")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=None, help="baseline steps (default: the task's)")
@@ -374,19 +384,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated optimizer names, or 'all' for every installed one "
                              f"(default {','.join(BASELINES)})")  # fmt: skip
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--configs", choices=sorted(CONFIG_SETS), default="default",
+                        help="which accelerated configurations (slow-weights: Koopman on Lookahead's and SNOO's "
+                             "slow weights; teacher-student and hnn-oscillator)")  # fmt: skip
     parser.add_argument("--figures", type=Path, default=None, help="folder for the PNGs (default: --out)")
     parser.add_argument("--summarize", action="store_true", help="only print tables and draw figures from --out")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     torch.set_num_threads(1)  # two threads per process spin against each other on a shared 2-core machine
-    tasks = args.task or list(DEFAULT_CONFIGS)
+    configs = CONFIG_SETS[args.configs]
+    tasks = args.task or list(configs)
+    unknown = [task for task in tasks if task not in configs]
+    if unknown:
+        parser.error(f"--configs {args.configs} has no configurations for {', '.join(unknown)}")
+    suffix = "" if args.configs == "default" else f"-{args.configs}"
     baselines = plugins.available("optimizers") if args.baselines == "all" else args.baselines.split(",")
     figures = args.figures or args.out
     args.out.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        path = args.out / f"best-vs-best-{task}.json"
+        path = args.out / f"best-vs-best-{task}{suffix}.json"
         if path.exists():
             report = json.loads(path.read_text())
             # The summary again from the per-seed records, so a table added since the run still shows.
@@ -396,10 +414,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task}: no {path}", file=sys.stderr)
             continue
         else:
-            report = measure(task, DEFAULT_CONFIGS[task], args.seeds, baselines=baselines, budget=args.budget,
+            report = measure(task, configs[task], args.seeds, baselines=baselines, budget=args.budget,
                              device=args.device, on_progress=lambda msg: print(msg, file=sys.stderr, flush=True))  # fmt: skip
             path.write_text(json.dumps(report, indent=1))
-        figure(report, figures / f"best-vs-best-{task}.png")
+        figure(report, figures / f"best-vs-best-{task}{suffix}.png")
         print(tables(report) + "\n")
     return 0
 

@@ -45,3 +45,15 @@ def test_target_is_the_best_baselines_final_loss_and_speedup_uses_its_time(one_t
     else:
         assert math.isclose(sp["speedup"], best_time / koop["time_to_target_s"])
     assert "| adadelta |" in bvb.tables(report)
+
+
+def test_the_slow_weight_configurations_race_the_outer_loops(load_benchmark, tmp_path):
+    bvb = load_benchmark("best_vs_best")
+    [lookahead, snoo] = bvb.SLOW_WEIGHT_CONFIGS["teacher-student"]
+    assert (lookahead.label, snoo.label) == (
+        "dmd-global+verify on slow weights of lookahead-adam", "dmd-global+verify on slow weights of snoo-adam"
+    )
+    assert lookahead.config.snapshot == "slow" and lookahead.optimizer == "lookahead-adam"
+    with pytest.raises(SystemExit) as exit_info:  # argparse's one-line error
+        bvb.main(["--out", str(tmp_path), "--configs", "slow-weights", "--task", "pinn-burgers"])
+    assert exit_info.value.code == 2
