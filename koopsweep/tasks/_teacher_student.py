@@ -45,10 +45,12 @@ class TeacherStudent(CachedTask):
     """
 
     default_budget: ClassVar[int] = 1000
-    # lookahead-adam and snoo-adam: benchmarks/tune_baselines.py TASK --seeds 3 --optimizers lookahead-adam,snoo-adam
+    # Beyond the first four: benchmarks/tune_baselines.py teacher-student --seeds 3 --optimizers NAME,...
+    # (adamw and ema-adam on a grid widened to 0.1 past the default grid's edge).
     baseline_lrs: ClassVar[dict[str, float]] = {
         "adam": 0.01, "adadelta": 1.0, "sgd": 0.1, "adagrad": 0.03,
-        "lookahead-adam": 0.01, "snoo-adam": 0.01,
+        "lookahead-adam": 0.01, "snoo-adam": 0.01, "adamw": 0.03, "ema-adam": 0.03, "muon": 0.003,
+        "nadam": 0.003, "rmsprop": 0.001, "schedulefree-adamw": 0.01,
     }  # fmt: skip
     defaults: ClassVar[dict[str, Any]] = {
         "input_dim": 8,
