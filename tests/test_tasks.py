@@ -129,7 +129,8 @@ def test_registered_and_valid(name: str) -> None:
     cls = ENTRY_POINTS[name]
     plugins.validate("tasks", cls)
     assert plugins.load_task(name) is cls
-    assert set(cls.baseline_lrs) == {"adam", "adadelta", "sgd", "adagrad"}
+    # the four original baselines are tuned on every task; any other rate is for an installed optimizer
+    assert {"adam", "adadelta", "sgd", "adagrad"} <= set(cls.baseline_lrs) <= set(plugins.available("optimizers"))
     assert "batch_size" in cls.defaults
 
 
