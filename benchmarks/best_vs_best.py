@@ -109,7 +109,7 @@ DEFAULT_CONFIGS: dict[str, list[Accelerated]] = {
 SLOW_WEIGHTS_FORM = {"snapshot": "slow", "fallback": "verify", "backoff": 0, "window": 8, "horizon": 100}
 SLOW_WEIGHT_CONFIGS: dict[str, list[Accelerated]] = {
     task: [Accelerated("dmd-global", SLOW_WEIGHTS_FORM, inner) for inner in ("lookahead-adam", "snoo-adam")]
-    for task in ("teacher-student", "hnn-oscillator")
+    for task in ("teacher-student", "hnn-oscillator", "pinn-burgers")
 }
 CONFIG_SETS = {"default": DEFAULT_CONFIGS, "slow-weights": SLOW_WEIGHT_CONFIGS}
 
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--configs", choices=sorted(CONFIG_SETS), default="default",
                         help="which accelerated configurations (slow-weights: Koopman on Lookahead's and SNOO's "
-                             "slow weights; teacher-student and hnn-oscillator)")  # fmt: skip
+                             "slow weights; teacher-student, hnn-oscillator and pinn-burgers)")  # fmt: skip
     parser.add_argument("--figures", type=Path, default=None, help="folder for the PNGs (default: --out)")
     parser.add_argument("--summarize", action="store_true", help="only print tables and draw figures from --out")
     args = parser.parse_args(argv)

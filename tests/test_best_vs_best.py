@@ -55,5 +55,5 @@ def test_the_slow_weight_configurations_race_the_outer_loops(load_benchmark, tmp
     )
     assert lookahead.config.snapshot == "slow" and lookahead.optimizer == "lookahead-adam"
     with pytest.raises(SystemExit) as exit_info:  # argparse's one-line error
-        bvb.main(["--out", str(tmp_path), "--configs", "slow-weights", "--task", "pinn-burgers"])
+        bvb.main(["--out", str(tmp_path), "--configs", "slow-weights", "--task", "mnist1d-cnn"])
     assert exit_info.value.code == 2

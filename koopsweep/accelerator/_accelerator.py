@@ -44,7 +44,7 @@ from koopsweep.accelerator._tensors import _foreach_copy, _global_norm
 from koopsweep.errors import ParameterError, PluginValidationError, UsageError
 from koopsweep.fallbacks._base import Decision, FallbackRule
 from koopsweep.knobs import KNOBS
-from koopsweep.optimizers._trajectory import SlowWeights, slow_weights
+from koopsweep.optimizers._trajectory import SlowWeights, WeightAverage, slow_weights, weight_average
 from koopsweep.variants._base import Variant
 
 Closure = Callable[[], Any]
@@ -89,6 +89,11 @@ class KoopmanAccelerator:
             sees the outer loop's smoothed trajectory; the stride is the outer loop's ``k`` (leave ``stride``
             at 1 or give that ``k``), and an accepted jump moves the slow weights with the model's, so that
             the next synchronisation continues from the jump instead of pulling the model back.
+            ``"average"`` (averaged evaluation) needs an inner optimizer that keeps an EMA of its weights
+            (``ema-adam``): a snapshot is the average at the end of each stride block, jumps start from
+            the average and are judged against the loss there (the weights the optimizer is judged at),
+            and an accepted jump lands the model and the average together. A rejected jump cannot reuse
+            that check's gradients (they are the average's), so it costs one more closure call.
         burn_in: inner steps before snapshots start being recorded.
         backoff: after ``k`` rejected jumps in a row, wait ``2**min(k, backoff) - 1`` windows' worth of
             inner steps before recording the next window, so that a trajectory whose jumps keep failing
@@ -164,6 +169,7 @@ class KoopmanAccelerator:
             "or change the variant's parameters)",
         )  # fmt: skip
         self._slow = self._slow_loop(optimizer, stride)
+        self._average = self._weight_average(optimizer)
         self._needs_closure = bool(self.fallback.needs_closure)
         self.stats = AcceleratorStats()
         self._fit_warned = False
@@ -228,6 +234,18 @@ class KoopmanAccelerator:
 
     # -- snapshots ----------------------------------------------------------------------------------------
 
+    def _weight_average(self, optimizer: torch.optim.Optimizer) -> WeightAverage | None:
+        """For ``snapshot="average"``: the inner optimizer's EMA of its weights."""
+        if self._snapshot != "average":
+            return None
+        average = weight_average(optimizer)
+        if average is None:
+            raise ParameterError(
+                "KoopmanAccelerator: snapshot='average' needs an inner optimizer that averages its weights "
+                f"(ema-adam); {type(optimizer).__name__} has no average"
+            )
+        return average
+
     def _slow_loop(self, optimizer: torch.optim.Optimizer, stride: int) -> SlowWeights | None:
         """For ``snapshot="slow"``: the inner optimizer's outer loop, whose ``k`` becomes the stride."""
         if self._snapshot != "slow":
@@ -286,6 +304,10 @@ class KoopmanAccelerator:
     def _record(self, slot: list[torch.Tensor]) -> bool:
         """Record this step's iterate into ``slot`` as ``snapshot`` says; whether the snapshot is complete."""
         block_done = self._loop.cycle_steps % self._stride == 0
+        if self._average is not None:
+            if block_done:
+                self._average.average_into(slot)
+            return block_done
         with torch.no_grad():
             if self._snapshot == "last" or self._stride == 1:
                 if block_done:
@@ -344,7 +366,8 @@ class KoopmanAccelerator:
             current = [p.detach().clone() for p in self._params]
         # The variant is fitted on the rule's first predict(): a rule that declines before asking for a
         # prediction (worth-it while it measures) makes the attempt cost no fit at all.
-        proposal = _Proposal(self, current, closure, check)
+        origin = self._average.average() if self._average is not None else None
+        proposal = _Proposal(self, current, closure, check, origin)
         proposal.steps_since_last_attempt = stats.inner_steps - self._loop.last_attempt_step
         try:
             decision = self._decide(proposal)
@@ -371,6 +394,8 @@ class KoopmanAccelerator:
             if self._slow is not None:
                 with torch.no_grad():  # the outer loop continues from the jump (its momentum is kept)
                     _foreach_copy(self._slow.slow, decision.params)
+            if self._average is not None:
+                self._average.move_to(decision.params)  # judged where it landed, the average included
             if proposal.holds_gradients_of(decision.params):
                 # The rule's last evaluation was at exactly these weights: its gradients are in .grad, and
                 # that evaluation is this step's gradient computation.

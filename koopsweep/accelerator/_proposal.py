@@ -26,12 +26,16 @@ class _Proposal:
         current: list[torch.Tensor],
         closure: Closure | None,
         check: Closure | None = None,
+        origin: list[torch.Tensor] | None = None,
     ) -> None:
         self.horizon = acc.horizon
         self.steps_since_last_attempt = 0  # set by the accelerator (JumpProposal)
         self._acc = acc
         self._params = acc._params
-        self._current = current
+        self._current = current  # the model's weights before the attempt (what a rejection restores)
+        # Where jumps start from and are judged against: the current weights, or the weights the inner
+        # optimizer is judged at (an EMA's average with snapshot="average").
+        self._origin = current if origin is None else origin
         self._closure = closure
         self._check = check  # judges jumps instead of the closure, forward only; its calls leave no gradients
         self._fitted = False
@@ -92,12 +96,13 @@ class _Proposal:
     @property
     def loss_before(self) -> float:
         if self._before is None:
-            self.load(self._current)
+            self.load(self._origin)
             self._before = self._call_closure()
             if self._check is None:
-                self.loss_before_raw = self.last_loss
-                self._before_grads = [None if p.grad is None else p.grad.detach().clone() for p in self._params]
-                self._last = self._current
+                self._last = self._origin
+                if self._origin is self._current:  # its gradients are the inner step's if the jump is rejected
+                    self.loss_before_raw = self.last_loss
+                    self._before_grads = [None if p.grad is None else p.grad.detach().clone() for p in self._params]
         return self._before
 
     # -- for the accelerator ---------------------------------------------------------------------------
@@ -223,8 +228,8 @@ class _Proposal:
         if self._may_jump is not None:
             if not any(self._may_jump):
                 return None, "inconsistent"
-            pred = [r if jump else c for r, c, jump in zip(pred, self._current, self._may_jump)]
-        jumps = [r - c for r, c in zip(pred, self._current)]
+            pred = [r if jump else c for r, c, jump in zip(pred, self._origin, self._may_jump)]
+        jumps = [r - c for r, c in zip(pred, self._origin)]
         norm = _global_norm(jumps)
         if not math.isfinite(norm):
             if any(not bool(torch.isfinite(r).all()) for r in pred):
@@ -237,5 +242,5 @@ class _Proposal:
         cap = acc.max_jump_ratio
         if cap is not None and norm > cap * linear:
             scale = cap * linear / norm
-            pred = [c.add(j, alpha=scale) for c, j in zip(self._current, jumps)]
+            pred = [c.add(j, alpha=scale) for c, j in zip(self._origin, jumps)]
         return pred, None

@@ -151,6 +151,23 @@ class WeightAverage(Attachment):
             return [p.detach().clone() for p in self.params]
         return torch._foreach_div(self.raw, 1.0 - self.decay**self.steps)
 
+    @torch.no_grad()
+    def average_into(self, out: list[torch.Tensor]) -> None:
+        """Write the debiased average into ``out`` (preallocated, one tensor per parameter)."""
+        if self.steps == 0:
+            torch._foreach_copy_(out, self.params)
+            return
+        torch._foreach_copy_(out, self.raw)
+        torch._foreach_mul_(out, 1.0 / (1.0 - self.decay**self.steps))
+
+    @torch.no_grad()
+    def move_to(self, values: list[torch.Tensor]) -> None:
+        """Make the debiased average equal ``values`` (a jump landed there); the step count is kept.
+        Before the first step the average is the weights themselves, which the caller sets."""
+        torch._foreach_copy_(self.raw, values)
+        if self.steps:
+            torch._foreach_mul_(self.raw, 1.0 - self.decay**self.steps)
+
     def state(self) -> dict[str, Any]:
         return {"steps": self.steps, "raw": [r.detach().clone() for r in self.raw]}
 
