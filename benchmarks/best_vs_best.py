@@ -1,7 +1,7 @@
 """The best accelerated configuration against the best baseline, at the same target loss.
 
     OMP_NUM_THREADS=1 python benchmarks/best_vs_best.py --out DIR [--task NAME ...] [--seeds 5]
-                                                        [--configs default|slow-weights] [--figures DIR] [--summarize]
+                                                        [--configs default|slow-weights|averaged] [--figures DIR] [--summarize]
 
 `koopsweep bench` pairs an accelerated run with its own inner optimizer. This asks the harder question:
 against whichever of Adam, Adadelta, SGD (momentum 0.9) and Adagrad, each at the task's tuned rate
@@ -77,7 +77,7 @@ class Accelerated:
 
     @property
     def label(self) -> str:
-        on = "slow weights of " if self.config.snapshot == "slow" else ""
+        on = {"slow": "slow weights of ", "average": "average of "}.get(self.config.snapshot, "")
         return f"{self.variant}+{self.config.fallback} on {on}{self.optimizer}"
 
 
@@ -111,7 +111,14 @@ SLOW_WEIGHT_CONFIGS: dict[str, list[Accelerated]] = {
     task: [Accelerated("dmd-global", SLOW_WEIGHTS_FORM, inner) for inner in ("lookahead-adam", "snoo-adam")]
     for task in ("teacher-student", "hnn-oscillator", "pinn-burgers")
 }
-CONFIG_SETS = {"default": DEFAULT_CONFIGS, "slow-weights": SLOW_WEIGHT_CONFIGS}
+#: Averaged evaluation (docs/results.md section 13): jumps on the EMA's average, and the same jumps on
+#: the EMA optimizer's raw iterates (the control), both judged where the EMA optimizer is judged.
+AVERAGED_FORM = {"fallback": "verify", "backoff": 0, "window": 16, "horizon": 300}
+AVERAGED_CONFIGS: dict[str, list[Accelerated]] = {
+    task: [Accelerated("dmd-global", {**AVERAGED_FORM, "snapshot": snapshot}, "ema-adam") for snapshot in ("average", "last")]
+    for task in ("teacher-student", "hnn-oscillator")
+}
+CONFIG_SETS = {"default": DEFAULT_CONFIGS, "slow-weights": SLOW_WEIGHT_CONFIGS, "averaged": AVERAGED_CONFIGS}
 
 
 def _curve(run: RunResult) -> list[list[float]]:
@@ -386,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--configs", choices=sorted(CONFIG_SETS), default="default",
                         help="which accelerated configurations (slow-weights: Koopman on Lookahead's and SNOO's "
-                             "slow weights; teacher-student, hnn-oscillator and pinn-burgers)")  # fmt: skip
+                             "slow weights, on teacher-student, hnn-oscillator and pinn-burgers; averaged: on "
+                             "ema-adam's average and its raw iterates, on teacher-student and hnn-oscillator)")  # fmt: skip
     parser.add_argument("--figures", type=Path, default=None, help="folder for the PNGs (default: --out)")
     parser.add_argument("--summarize", action="store_true", help="only print tables and draw figures from --out")
     args = parser.parse_args(argv)

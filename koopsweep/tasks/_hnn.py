@@ -99,10 +99,12 @@ class HNNOscillator(CachedTask):
     """
 
     default_budget: ClassVar[int] = 4000
-    # lookahead-adam and snoo-adam: benchmarks/tune_baselines.py TASK --seeds 3 --optimizers lookahead-adam,snoo-adam
+    # Beyond the first four: benchmarks/tune_baselines.py hnn-oscillator --seeds 3 (lookahead-adam, snoo-adam,
+    # ema-adam) or --seeds 2 (the rest) --optimizers NAME,...
     baseline_lrs: ClassVar[dict[str, float]] = {
         "adam": 0.01, "adadelta": 0.3, "sgd": 0.003, "adagrad": 0.1,
-        "lookahead-adam": 0.03, "snoo-adam": 0.01,
+        "lookahead-adam": 0.03, "snoo-adam": 0.01, "ema-adam": 0.01, "adamw": 0.003, "muon": 0.003, "nadam": 0.003,
+        "rmsprop": 0.001, "schedulefree-adamw": 0.01,
     }  # fmt: skip
     defaults: ClassVar[dict[str, Any]] = {
         "n_points": 200,
