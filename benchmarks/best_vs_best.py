@@ -115,7 +115,10 @@ SLOW_WEIGHT_CONFIGS: dict[str, list[Accelerated]] = {
 #: the EMA optimizer's raw iterates (the control), both judged where the EMA optimizer is judged.
 AVERAGED_FORM = {"fallback": "verify", "backoff": 0, "window": 16, "horizon": 300}
 AVERAGED_CONFIGS: dict[str, list[Accelerated]] = {
-    task: [Accelerated("dmd-global", {**AVERAGED_FORM, "snapshot": snapshot}, "ema-adam") for snapshot in ("average", "last")]
+    task: [
+        *(Accelerated("dmd-global", {**AVERAGED_FORM, "snapshot": snapshot}, "ema-adam") for snapshot in ("average", "last")),
+        Accelerated("extrapolate-linear", AVERAGED_FORM, "ema-adam"),  # the naive control of the same jumps
+    ]
     for task in ("teacher-student", "hnn-oscillator")
 }
 CONFIG_SETS = {"default": DEFAULT_CONFIGS, "slow-weights": SLOW_WEIGHT_CONFIGS, "averaged": AVERAGED_CONFIGS}

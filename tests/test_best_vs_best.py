@@ -54,8 +54,9 @@ def test_the_slow_weight_configurations_race_the_outer_loops(load_benchmark, tmp
         "dmd-global+verify on slow weights of lookahead-adam", "dmd-global+verify on slow weights of snoo-adam"
     )
     assert lookahead.config.snapshot == "slow" and lookahead.optimizer == "lookahead-adam"
-    [average, raw] = bvb.AVERAGED_CONFIGS["hnn-oscillator"]
+    [average, raw, control] = bvb.AVERAGED_CONFIGS["hnn-oscillator"]
     assert (average.label, raw.label) == ("dmd-global+verify on average of ema-adam", "dmd-global+verify on ema-adam")
+    assert control.label == "extrapolate-linear+verify on ema-adam"
     with pytest.raises(SystemExit) as exit_info:  # argparse's one-line error
         bvb.main(["--out", str(tmp_path), "--configs", "slow-weights", "--task", "mnist1d-cnn"])
     assert exit_info.value.code == 2
