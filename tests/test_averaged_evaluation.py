@@ -4,8 +4,6 @@ lands the model and the average together, and a rejected one changes nothing."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
@@ -13,21 +11,18 @@ from koopsweep import KoopmanAccelerator
 from koopsweep.errors import ParameterError
 from koopsweep.fallbacks import Decision, FallbackRule
 from koopsweep.optimizers._trajectory import weight_average
-from koopsweep.training import build_optimizer
 
-from test_slow_weights import Recorded, batches, closure_for, mlp
+from test_accelerator import _resume
+from test_slow_weights import Recorded, batches, closure_for, mlp, outer_loop
+from test_slow_weights import wrapped as slow_weights_wrapped
 
 
-def ema_adam(seed=0, decay=0.9):
-    model = mlp(seed)
-    _, optimizer = build_optimizer("ema-adam", model.parameters(), 1e-2, {"decay": decay})
-    return model, optimizer
+def ema_adam():
+    return outer_loop("ema-adam", decay=0.9)
 
 
 def wrapped(optimizer, variant, **options):
-    options.setdefault("fallback", "none")
-    options.setdefault("backoff", 0)
-    return KoopmanAccelerator(optimizer, variant, snapshot="average", **options)
+    return slow_weights_wrapped(optimizer, variant, snapshot="average", **options)
 
 
 def test_snapshots_are_the_average_after_each_stride_block():
@@ -117,12 +112,7 @@ def test_state_dict_round_trip_mid_window():
     (model, acc), (resumed_model, resumed) = make(), make()
     for batch in data[:8]:
         acc.step(closure_for(model, acc, batch))
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": acc.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    resumed_model.load_state_dict(saved["model"])
-    resumed.load_state_dict(saved["optimizer"])
+    _resume(model, acc, resumed_model, resumed)
     for batch in data[8:]:
         acc.step(closure_for(model, acc, batch))
         resumed.step(closure_for(resumed_model, resumed, batch))

@@ -4,8 +4,6 @@ slow weights, rejected ones that change nothing, and a ``state_dict`` round trip
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
@@ -14,6 +12,9 @@ from koopsweep.errors import ParameterError
 from koopsweep.optimizers._trajectory import SlowWeights, slow_weights
 from koopsweep.training import build_optimizer
 from koopsweep.variants._dmd import GlobalDMD
+
+from test_accelerator import _resume, batches, mlp
+from test_accelerator import mlp_closure as closure_for
 
 
 class Recorded(Variant):
@@ -37,38 +38,17 @@ class Recorded(Variant):
         return pred
 
 
-def mlp(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
-
-
-def batches(n, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(32, 5, generator=g), torch.randint(0, 3, (32,), generator=g)) for _ in range(n)]
-
-
-def closure_for(model, optimizer, batch):
-    x, y = batch
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
-
-
 def outer_loop(name="lookahead-adam", seed=0, **params):
     model = mlp(seed)
     _, optimizer = build_optimizer(name, model.parameters(), 1e-2, params)
     return model, optimizer
 
 
-def wrapped(optimizer, variant, **options):
+def wrapped(optimizer, variant, snapshot="slow", **options):
+    """The accelerator under test: every window tried, jumps kept unless a test names its rule."""
     options.setdefault("fallback", "none")
     options.setdefault("backoff", 0)
-    return KoopmanAccelerator(optimizer, variant, snapshot="slow", **options)
+    return KoopmanAccelerator(optimizer, variant, snapshot=snapshot, **options)
 
 
 def test_snapshots_are_the_slow_weights_at_each_synchronisation():
@@ -172,12 +152,7 @@ def test_state_dict_round_trip_mid_window(save_after):
     (model, acc), (resumed_model, resumed) = make(), make()
     for batch in data[:save_after]:
         acc.step(closure_for(model, acc, batch))
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": acc.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    resumed_model.load_state_dict(saved["model"])
-    resumed.load_state_dict(saved["optimizer"])
+    _resume(model, acc, resumed_model, resumed)
     for batch in data[save_after:]:
         acc.step(closure_for(model, acc, batch))
         resumed.step(closure_for(resumed_model, resumed, batch))
