@@ -25,6 +25,7 @@ from koopsweep.bench import BenchSettings, run_bench
 #: name -> the `--param` values of a candidate default (the accelerator's own defaults otherwise).
 CANDIDATES: dict[str, dict[str, Any]] = {
     "default": {},  # the accelerator's defaults as shipped (worth-it, backoff 4)
+    "no-floor": {"worth-it.floor": None},  # the default before worth-it declined unreachable drops unfitted
     "verify": {"fallback": "verify", "backoff": 0},  # the default until issue 15
     "verify-backoff6": {"fallback": "verify", "backoff": 6},
     "worth-it": {"fallback": "worth-it", "backoff": 0},

@@ -25,7 +25,8 @@ def test_registered_and_validated():
     assert plugins.load_fallback("worth-it") is WorthIt
     plugins.validate("fallbacks", WorthIt)
     assert set(WorthIt.search_space()) <= set(WorthIt.defaults)
-    for bad in ({"worth": -0.1}, {"worth": math.inf}, {"worth": True}, {"tol": -1.0}):
+    for bad in ({"worth": -0.1}, {"worth": math.inf}, {"worth": True}, {"tol": -1.0}, {"floor": math.nan},
+                {"floor": "0"}):
         with pytest.raises(ParameterError, match=next(iter(bad))):
             WorthIt(**bad)
 
@@ -68,6 +69,48 @@ def test_no_jump_while_the_loss_is_not_falling_and_a_higher_loss_is_never_kept()
     assert rule.decide(proposal(before=0.8, loss=0.9)).reason == "loss-increased"
     rule.loss_after = 1.0
     assert rule.decide(proposal(before=0.8, loss=math.inf)).reason == "loss-increased"
+
+
+def test_a_drop_below_the_floor_is_unreachable_and_costs_no_fit():
+    # 0.01 per step over 20 steps; a 100-step jump must drop 0.5 * 0.01 * 100 = 0.5, more than the 0.3
+    # a non-negative loss has left: declined before the fit.
+    rule = WorthIt()
+    rule.loss_after = 0.5
+    jump = proposal(horizon=100, before=0.3, loss=0.0)
+    decision = rule.decide(jump)
+    assert decision.reason == "unreachable" and jump.evaluated() == [] and ("predict", 100) not in jump.log
+    assert rule.loss_after == 0.3
+    # The same attempt is judged (and kept: it drops 0.3 + 0.25 >= 0.5) with no bound, or one far enough down.
+    for floor in (None, -1.0):
+        rule = WorthIt(floor=floor)
+        rule.loss_after = 0.5
+        assert rule.decide(proposal(horizon=100, before=0.3, loss=-0.25)).accepted
+    # A loss already below the floor shows it is no bound: it is ignored.
+    rule = WorthIt(floor=0.0)
+    rule.loss_after = -0.8
+    assert rule.decide(proposal(horizon=100, before=-1.0, loss=-2.1)).accepted
+    # Where the drop is within reach, the rule judges as before.
+    rule = WorthIt()
+    rule.loss_after = 0.5
+    assert rule.decide(proposal(horizon=10, before=0.3, loss=0.1)).accepted
+
+
+def test_the_floor_changes_no_decision_only_what_it_costs():
+    """With a non-negative loss, every jump the floor declines would have been rejected after its fit and
+    check: a run with the floor is the run without it bit for bit, with fewer fits and evaluations."""
+    runs = {}
+    for floor in (0.0, None):
+        model = mlp()
+        acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
+                                 horizon=200, fallback="worth-it", fallback_params={"floor": floor}, backoff=0)  # fmt: skip
+        for batch in batches(60):
+            acc.step(mlp_closure(model, acc, batch))
+        runs[floor] = (model, acc.stats)
+    (floored, with_floor), (unbounded, without) = runs[0.0], runs[None]
+    assert_same_params(floored, unbounded)
+    assert with_floor.rejections.get("unreachable", 0) > 0 and "unreachable" not in without.rejections
+    assert with_floor.jumps_tried == without.jumps_tried and with_floor.jumps_accepted == without.jumps_accepted
+    assert with_floor.fits < without.fits and with_floor.evaluations < without.evaluations
 
 
 def test_an_unusable_prediction_costs_no_check_and_the_measurement_goes_on():
