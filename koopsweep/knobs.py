@@ -60,8 +60,8 @@ KNOBS: dict[str, Knob] = {
         Knob("fallback", "worth-it", "the fallback rule that decides what to do with a jump"),
         Knob("stride", 1, "inner steps between snapshots", minimum=1),
         Knob("snapshot", "last", "each snapshot is the last iterate of its stride block, their mean, the "
-             "slow weights at each synchronisation of a Lookahead/SNOO inner optimizer, or an EMA inner "
-             "optimizer's average", choices=("last", "mean", "slow", "average")),  # fmt: skip
+             "slow weights at each synchronisation of a Lookahead/SNOO inner optimizer, or the averaged "
+             "weights of an EMA or schedule-free inner optimizer", choices=("last", "mean", "slow", "average")),  # fmt: skip
         Knob("burn_in", 0, "inner steps before the first snapshot", minimum=0),
         Knob("backoff", 4, "after k rejected jumps in a row, wait 2**min(k, backoff) - 1 windows", minimum=0),
         Knob("reset_state", "keep", "keep or reset the inner optimizer's state after an accepted jump",

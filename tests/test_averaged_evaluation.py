@@ -1,6 +1,7 @@
-"""Averaged evaluation (``snapshot="average"``): with an EMA inner optimizer the operator fits the
-average's trajectory, jumps start from the average and are judged by the loss there, an accepted jump
-lands the model and the average together, and a rejected one changes nothing."""
+"""Averaged evaluation (``snapshot="average"``): with an EMA or schedule-free inner optimizer the
+operator fits the averaged weights' trajectory, jumps start from the average and are judged by the loss
+there, an accepted jump lands the average (an EMA's model with it; schedule-free's y and z translated
+by the same displacement), and a rejected one changes nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from koopsweep import KoopmanAccelerator
 from koopsweep.errors import ParameterError
 from koopsweep.fallbacks import Decision, FallbackRule
 from koopsweep.optimizers._trajectory import weight_average
+from koopsweep.training import build_optimizer
 
 from test_accelerator import _resume
 from test_slow_weights import Recorded, batches, closure_for, mlp, outer_loop
@@ -102,11 +104,104 @@ def test_rejected_jumps_leave_model_and_average_as_without_them():
         assert torch.equal(a, b)
 
 
-def test_state_dict_round_trip_mid_window():
+def schedule_free():
+    return outer_loop("schedulefree-adamw")
+
+
+def x_of(model, optimizer):
+    """Schedule-free's averaged point x, as the package's own eval() computes it (weights put back)."""
+    plugin, _ = build_optimizer("schedulefree-adamw", [torch.zeros(1, requires_grad=True)], 1e-2, {})
+    with plugin.evaluation(optimizer):
+        return [p.detach().clone() for p in model.parameters()]
+
+
+def z_of(model, optimizer):
+    return [optimizer.state[p]["z"].clone() for p in model.parameters()]
+
+
+def loss_at(model, weights, batch):
+    x, y = batch
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in model.parameters()]
+        for p, w in zip(model.parameters(), weights):
+            p.copy_(w)
+        loss = float(torch.nn.functional.cross_entropy(model(x), y))
+        for p, w in zip(model.parameters(), saved):
+            p.copy_(w)
+    return loss
+
+
+def test_schedule_free_snapshots_are_its_averaged_point():
+    window = 3
+    data = batches(window + 1)
+    bare_model, bare = schedule_free()
+    points = []
+    for batch in data[:window]:
+        bare.step(closure_for(bare_model, bare, batch))
+        points.append(x_of(bare_model, bare))
+    model, optimizer = schedule_free()
+    variant = Recorded()
+    acc = wrapped(optimizer, variant, window=window, horizon=2)
+    for batch in data:
+        acc.step(closure_for(model, acc, batch))
+    [fitted] = variant.windows
+    for i, point in enumerate(points):
+        for row, expected in zip(fitted, point):
+            torch.testing.assert_close(row[i], expected, rtol=0, atol=1e-7)
+
+
+def test_a_schedule_free_jump_is_judged_at_x_and_translates_x_y_and_z_together():
+    window = 4
+    data = batches(window + 1)
+    model, optimizer = schedule_free()
+    variant, judge = Recorded(factor=1.0), Judge()
+    acc = wrapped(optimizer, variant, window=window, horizon=3, fallback=judge)
+    # The same run by hand: the optimizer alone, translated by the jump before its step.
+    manual_model, manual = schedule_free()
+    for batch in data[:window]:
+        acc.step(closure_for(model, acc, batch))
+        manual.step(closure_for(manual_model, manual, batch))
+    x0 = x_of(model, optimizer)
+    acc.step(closure_for(model, acc, data[window]))
+    assert acc.stats.jumps_accepted == 1
+    assert judge.before == pytest.approx(loss_at(model, x0, data[window]), rel=1e-6)  # at x, not at y
+    [jumped] = variant.predictions
+    with torch.no_grad():
+        for p, z, j, a in zip(manual_model.parameters(), z_of(manual_model, manual), jumped, x0):
+            p.add_(j - a)
+            manual.state[p]["z"].add_(j - a)
+    # The translated state's x is the jump: the landing formula agrees with the package's eval().
+    for x, j in zip(x_of(manual_model, manual), jumped):
+        torch.testing.assert_close(x, j, rtol=1e-5, atol=1e-6)
+    manual.step(closure_for(manual_model, manual, data[window]))
+    for p, q in zip(model.parameters(), manual_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    for z, w in zip(z_of(model, optimizer), z_of(manual_model, manual)):
+        torch.testing.assert_close(z, w, rtol=1e-5, atol=1e-6)
+
+
+def test_rejected_schedule_free_jumps_leave_y_and_z_as_without_them():
+    data = batches(40)
+    bare_model, bare = schedule_free()
+    for batch in data:
+        bare.step(closure_for(bare_model, bare, batch))
+    model, optimizer = schedule_free()
+    acc = wrapped(optimizer, Recorded(factor=-50.0), window=3, horizon=6, fallback="verify")
+    for batch in data:
+        acc.step(closure_for(model, acc, batch))
+    assert acc.stats.jumps_tried >= 5 and acc.stats.jumps_accepted == 0
+    for p, q in zip(model.parameters(), bare_model.parameters()):
+        assert torch.equal(p, q)
+    for z, w in zip(z_of(model, optimizer), z_of(bare_model, bare)):
+        assert torch.equal(z, w)
+
+
+@pytest.mark.parametrize("make_optimizer", [ema_adam, schedule_free], ids=["ema-adam", "schedulefree-adamw"])
+def test_state_dict_round_trip_mid_window(make_optimizer):
     data = batches(30)
 
     def make():
-        model, optimizer = ema_adam()
+        model, optimizer = make_optimizer()
         return model, wrapped(optimizer, Recorded(factor=0.5), window=3, horizon=4, fallback="verify")
 
     (model, acc), (resumed_model, resumed) = make(), make()

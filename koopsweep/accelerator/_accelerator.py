@@ -44,7 +44,7 @@ from koopsweep.accelerator._tensors import _foreach_copy, _global_norm
 from koopsweep.errors import ParameterError, PluginValidationError, UsageError
 from koopsweep.fallbacks._base import Decision, FallbackRule
 from koopsweep.knobs import KNOBS
-from koopsweep.optimizers._trajectory import SlowWeights, WeightAverage, slow_weights, weight_average
+from koopsweep.optimizers._trajectory import AveragedPoint, SlowWeights, averaged_point, slow_weights
 from koopsweep.variants._base import Variant
 
 Closure = Callable[[], Any]
@@ -89,11 +89,12 @@ class KoopmanAccelerator:
             sees the outer loop's smoothed trajectory; the stride is the outer loop's ``k`` (leave ``stride``
             at 1 or give that ``k``), and an accepted jump moves the slow weights with the model's, so that
             the next synchronisation continues from the jump instead of pulling the model back.
-            ``"average"`` (averaged evaluation) needs an inner optimizer that keeps an EMA of its weights
-            (``ema-adam``): a snapshot is the average at the end of each stride block, jumps start from
-            the average and are judged against the loss there (the weights the optimizer is judged at),
-            and an accepted jump lands the model and the average together. A rejected jump cannot reuse
-            that check's gradients (they are the average's), so it costs one more closure call.
+            ``"average"`` (averaged evaluation) needs an inner optimizer that is judged at averaged
+            weights (``ema-adam``'s EMA, ``schedulefree-adamw``'s ``x``): a snapshot is the average at the
+            end of each stride block, jumps start from the average and are judged against the loss there,
+            and an accepted jump lands the average (with an EMA the model lands there too; schedule-free's
+            training point and ``z`` move by the same displacement). A rejected jump cannot reuse that
+            check's gradients (they are the average's), so it costs one more closure call.
         burn_in: inner steps before snapshots start being recorded.
         backoff: after ``k`` rejected jumps in a row, wait ``2**min(k, backoff) - 1`` windows' worth of
             inner steps before recording the next window, so that a trajectory whose jumps keep failing
@@ -169,7 +170,7 @@ class KoopmanAccelerator:
             "or change the variant's parameters)",
         )  # fmt: skip
         self._slow = self._slow_loop(optimizer, stride)
-        self._average = self._weight_average(optimizer)
+        self._average = self._averaged_point(optimizer)
         self._needs_closure = bool(self.fallback.needs_closure)
         self.stats = AcceleratorStats()
         self._fit_warned = False
@@ -234,15 +235,15 @@ class KoopmanAccelerator:
 
     # -- snapshots ----------------------------------------------------------------------------------------
 
-    def _weight_average(self, optimizer: torch.optim.Optimizer) -> WeightAverage | None:
-        """For ``snapshot="average"``: the inner optimizer's EMA of its weights."""
+    def _averaged_point(self, optimizer: torch.optim.Optimizer) -> AveragedPoint | None:
+        """For ``snapshot="average"``: the averaged weights the inner optimizer is judged at."""
         if self._snapshot != "average":
             return None
-        average = weight_average(optimizer)
+        average = averaged_point(optimizer)
         if average is None:
             raise ParameterError(
                 "KoopmanAccelerator: snapshot='average' needs an inner optimizer that averages its weights "
-                f"(ema-adam); {type(optimizer).__name__} has no average"
+                f"(ema-adam, schedulefree-adamw); {type(optimizer).__name__} has no average"
             )
         return average
 
@@ -394,15 +395,16 @@ class KoopmanAccelerator:
             if self._slow is not None:
                 with torch.no_grad():  # the outer loop continues from the jump (its momentum is kept)
                     _foreach_copy(self._slow.slow, decision.params)
-            if self._average is not None:
-                self._average.move_to(decision.params)  # judged where it landed, the average included
-            if proposal.holds_gradients_of(decision.params):
+            landing = decision.params  # the weights the model trains on from here
+            if self._average is not None:  # judged where it landed, the average included
+                landing = self._average.land(decision.params, origin)
+            if proposal.holds_gradients_of(landing):
                 # The rule's last evaluation was at exactly these weights: its gradients are in .grad, and
                 # that evaluation is this step's gradient computation.
                 cached = proposal.last_loss
                 loss = self.optimizer.step(lambda: cached)
             else:
-                proposal.load(decision.params)
+                proposal.load(landing)
                 if closure is None:
                     loss, stepped = None, False  # the user's gradients belong to the weights we left
                 else:

@@ -9,6 +9,10 @@ copy of the training weights and puts it back, and training continues bit for bi
 It replaces a decaying schedule by its own averaging (``schedule_free = True``): a run gives it only the
 schedule's linear warm-up, through the learning rate it reads at every step (the same as the package's
 own ``warmup_steps``).
+
+`ScheduleFreeAverage` reads and moves the averaged point ``x`` while the optimizer trains, for averaged
+evaluation (``snapshot="average"``): in train mode the parameters hold ``y = (1 - beta1) z + beta1 x``
+and the optimizer's state holds ``z``, so ``x`` is what the package's ``eval()`` computes from them.
 """
 
 from __future__ import annotations
@@ -67,3 +71,54 @@ class ScheduleFreeAdamW(OptimizerPlugin):
             optimizer.train()
             with torch.no_grad():
                 torch._foreach_copy_(params, training_weights)
+
+
+class ScheduleFreeAverage:
+    """The averaged point ``x`` of a ``schedulefree.AdamWScheduleFree`` in train mode (an `AveragedPoint`).
+
+    A jump that lands ``x`` at ``x + d`` moves ``z`` by the same ``d``, so ``y`` moves by ``d`` too: the
+    three sequences are translated together and keep their distances (the lead of ``z`` over ``x``, which
+    carries the step's momentum). Moving ``x`` alone would leave ``z`` behind, and the averaging would
+    pull ``x`` back towards it over the following steps."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def _entries(self) -> list[tuple[torch.Tensor, torch.Tensor | None, float]]:
+        """(parameter y, its z or None before the first step, beta1) for each parameter."""
+        return [
+            (p, self.optimizer.state[p].get("z"), float(group["betas"][0]))
+            for group in self.optimizer.param_groups
+            for p in group["params"]
+        ]
+
+    @torch.no_grad()
+    def average_into(self, out: list[torch.Tensor]) -> None:  # noqa: D102
+        for (y, z, beta1), o in zip(self._entries(), out, strict=True):
+            if z is None:  # before the first step x = y = z
+                o.copy_(y)
+            else:  # x = y + (1 - 1/beta1) (z - y), as eval() computes it
+                torch.lerp(y, z, 1.0 - 1.0 / beta1, out=o)
+
+    def average(self) -> list[torch.Tensor]:  # noqa: D102
+        out = [torch.empty_like(y) for y, _, _ in self._entries()]
+        self.average_into(out)
+        return out
+
+    @torch.no_grad()
+    def land(self, values: list[torch.Tensor], origin: list[torch.Tensor]) -> list[torch.Tensor]:  # noqa: D102
+        weights = []
+        for (_, z, beta1), x, x0 in zip(self._entries(), values, origin, strict=True):
+            if z is None:  # nothing to translate yet: the first step starts z from the weights
+                weights.append(x)
+                continue
+            z.add_(x - x0)
+            weights.append(torch.lerp(z, x, beta1))  # y = (1 - beta1) z + beta1 x
+        return weights
+
+
+def schedule_free_average(optimizer: torch.optim.Optimizer) -> ScheduleFreeAverage | None:
+    """`ScheduleFreeAverage` of a schedule-free AdamW, or None for any other optimizer."""
+    import schedulefree
+
+    return ScheduleFreeAverage(optimizer) if isinstance(optimizer, schedulefree.AdamWScheduleFree) else None

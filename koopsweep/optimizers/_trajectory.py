@@ -22,12 +22,13 @@ import contextlib
 import math
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from koopsweep._params import require
 from koopsweep.optimizers._base import OptimizerPlugin
+from koopsweep.optimizers._schedulefree import schedule_free_average
 from koopsweep.optimizers._torch import Adam
 
 
@@ -161,12 +162,14 @@ class WeightAverage(Attachment):
         torch._foreach_mul_(out, 1.0 / (1.0 - self.decay**self.steps))
 
     @torch.no_grad()
-    def move_to(self, values: list[torch.Tensor]) -> None:
-        """Make the debiased average equal ``values`` (a jump landed there); the step count is kept.
-        Before the first step the average is the weights themselves, which the caller sets."""
+    def land(self, values: list[torch.Tensor], origin: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A jump from the average ``origin`` landed at ``values``: the debiased average becomes ``values``
+        (the step count is kept) and so do the weights, which are returned for the caller to load.
+        Before the first step the average is the weights themselves."""
         torch._foreach_copy_(self.raw, values)
         if self.steps:
             torch._foreach_mul_(self.raw, 1.0 - self.decay**self.steps)
+        return values
 
     def state(self) -> dict[str, Any]:
         return {"steps": self.steps, "raw": [r.detach().clone() for r in self.raw]}
@@ -191,6 +194,28 @@ def weight_average(optimizer: torch.optim.Optimizer) -> WeightAverage | None:
     """The `WeightAverage` attached to ``optimizer``, or None when it has none."""
     attached = _ATTACHED.get(optimizer)
     return attached if isinstance(attached, WeightAverage) else None
+
+
+class AveragedPoint(Protocol):
+    """The averaged weights an inner optimizer is judged at, which its training weights are not: what
+    averaged evaluation (``snapshot="average"``) fits, jumps from and lands. `WeightAverage` (an EMA) and
+    schedule-free's ``x`` (`ScheduleFreeAverage`) are the two kinds."""
+
+    def average(self) -> list[torch.Tensor]:
+        """The averaged weights, a new tensor per parameter."""
+
+    def average_into(self, out: list[torch.Tensor]) -> None:
+        """Write the averaged weights into ``out``."""
+
+    def land(self, values: list[torch.Tensor], origin: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A jump from ``origin`` (the averaged weights when it started) landed at ``values``: make
+        ``values`` the averaged weights, and return the training weights the model must then hold."""
+
+
+def averaged_point(optimizer: torch.optim.Optimizer) -> AveragedPoint | None:
+    """The averaged weights ``optimizer`` is judged at (``ema-adam``'s average, schedule-free AdamW's
+    ``x``), or None when it trains and is judged at the same weights."""
+    return weight_average(optimizer) or schedule_free_average(optimizer)
 
 
 @contextlib.contextmanager
