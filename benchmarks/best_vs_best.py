@@ -1,7 +1,7 @@
 """The best accelerated configuration against the best baseline, at the same target loss.
 
     OMP_NUM_THREADS=1 python benchmarks/best_vs_best.py --out DIR [--task NAME ...] [--seeds 5]
-                                                        [--configs default|slow-weights|averaged] [--figures DIR] [--summarize]
+        [--configs default|slow-weights|averaged|schedule-free] [--figures DIR] [--summarize]
 
 `koopsweep bench` pairs an accelerated run with its own inner optimizer. This asks the harder question:
 against whichever of Adam, Adadelta, SGD (momentum 0.9) and Adagrad, each at the task's tuned rate
@@ -121,7 +121,18 @@ AVERAGED_CONFIGS: dict[str, list[Accelerated]] = {
     ]
     for task in ("teacher-student", "hnn-oscillator")
 }
-CONFIG_SETS = {"default": DEFAULT_CONFIGS, "slow-weights": SLOW_WEIGHT_CONFIGS, "averaged": AVERAGED_CONFIGS}
+#: Averaged evaluation around schedule-free AdamW: jumps on its averaged point x under `verify` and
+#: under the default rule, and the naive control of the same `verify` jumps.
+SCHEDULE_FREE_CONFIGS: dict[str, list[Accelerated]] = {
+    task: [
+        Accelerated("dmd-global", {**AVERAGED_FORM, "snapshot": "average"}, "schedulefree-adamw"),
+        Accelerated("dmd-global", {"snapshot": "average"}, "schedulefree-adamw"),
+        Accelerated("extrapolate-linear", {**AVERAGED_FORM, "snapshot": "average"}, "schedulefree-adamw"),
+    ]
+    for task in ("teacher-student", "hnn-oscillator")
+}
+CONFIG_SETS = {"default": DEFAULT_CONFIGS, "slow-weights": SLOW_WEIGHT_CONFIGS, "averaged": AVERAGED_CONFIGS,
+               "schedule-free": SCHEDULE_FREE_CONFIGS}  # fmt: skip
 
 
 def _curve(run: RunResult) -> list[list[float]]:
@@ -397,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", choices=sorted(CONFIG_SETS), default="default",
                         help="which accelerated configurations (slow-weights: Koopman on Lookahead's and SNOO's "
                              "slow weights, on teacher-student, hnn-oscillator and pinn-burgers; averaged: on "
-                             "ema-adam's average and its raw iterates, on teacher-student and hnn-oscillator)")  # fmt: skip
+                             "ema-adam's average and its raw iterates, on teacher-student and hnn-oscillator; "
+                             "schedule-free: on schedulefree-adamw's averaged point, same tasks)")  # fmt: skip
     parser.add_argument("--figures", type=Path, default=None, help="folder for the PNGs (default: --out)")
     parser.add_argument("--summarize", action="store_true", help="only print tables and draw figures from --out")
     args = parser.parse_args(argv)

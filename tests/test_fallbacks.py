@@ -15,8 +15,9 @@ from koopsweep.fallbacks import AlwaysAccept, Backtrack, BestOf, Decision, Fallb
 class FakeProposal:
     """Predictions are one-element tensors holding their horizon; losses are looked up by horizon."""
 
-    def __init__(self, horizon, losses=None, before=1.0, unusable=None, default_loss=0.5):
+    def __init__(self, horizon, losses=None, before=1.0, unusable=None, default_loss=0.5, window_losses=None):
         self.horizon = horizon
+        self.window_losses = window_losses
         self.losses = losses or {}
         self.before = before
         self.unusable = unusable or {}  # horizon -> reason

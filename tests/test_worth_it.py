@@ -26,7 +26,7 @@ def test_registered_and_validated():
     plugins.validate("fallbacks", WorthIt)
     assert set(WorthIt.search_space()) <= set(WorthIt.defaults)
     for bad in ({"worth": -0.1}, {"worth": math.inf}, {"worth": True}, {"tol": -1.0}, {"floor": math.nan},
-                {"floor": "0"}):
+                {"floor": "0"}, {"smoothness": 1.5}, {"smoothness": -0.1}, {"smoothness": None}):
         with pytest.raises(ParameterError, match=next(iter(bad))):
             WorthIt(**bad)
 
@@ -95,6 +95,77 @@ def test_a_drop_below_the_floor_is_unreachable_and_costs_no_fit():
     assert rule.decide(proposal(horizon=10, before=0.3, loss=0.1)).accepted
 
 
+def test_a_loss_curve_that_is_not_smooth_gates_the_jump_off_before_the_fit():
+    noisy = [1.0, 0.7, 0.95, 0.6, 0.9, 0.55]  # falls 0.45 over a total variation of 1.75
+    smooth = [1.0, 0.9, 0.82, 0.76, 0.71, 0.67]  # monotone: falls by its whole variation
+    for curve, threshold, gated in ((noisy, 0.5, True), (noisy, 0.25, False), (smooth, 0.5, False),
+                                    (smooth, 1.0, False), (noisy, 0.0, False), (None, 0.5, False), ([1.0, 2.0], 0.5, False)):  # fmt: skip
+        rule = WorthIt(smoothness=threshold)
+        rule.loss_after = 1.0
+        jump = FakeProposal(10, before=0.8, default_loss=0.1, window_losses=curve)
+        jump.steps_since_last_attempt = 20
+        decision = rule.decide(jump)
+        assert (decision.reason == "not-smooth") == gated, (curve, threshold)
+        if gated:
+            assert ("predict", 10) not in jump.log and jump.evaluated() == [] and rule.loss_after == 0.8
+        else:
+            assert decision.accepted
+
+
+def test_the_window_losses_are_what_each_inner_step_returned():
+    """The proposal's window_losses are the losses the closure returned at each inner step of the window
+    (strided, after a backoff wait, across a checkpoint), and None without a closure."""
+
+    class Curves(FallbackRule):
+        needs_closure = False
+        defaults: dict = {}
+
+        def __init__(self, **params):
+            super().__init__(**params)
+            self.curves = []
+
+        def decide(self, jump):
+            from koopsweep.fallbacks import Decision
+
+            self.curves.append(jump.window_losses)
+            return Decision.reject("recorded")
+
+    def make(model, rule):
+        return KoopmanAccelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=3, horizon=4,
+                                  fallback=rule, stride=2, burn_in=1, backoff=1)  # fmt: skip
+
+    model, rule = mlp(), Curves()
+    acc = make(model, rule)
+    returned = []
+    for batch in batches(30):
+        returned.append(float(acc.step(mlp_closure(model, acc, batch)).detach()))
+    # burn-in 1, a window of 3 x 2 steps, the attempt; then a wait of 1 window before each next one.
+    first, second = returned[1:7], returned[13:19]
+    assert rule.curves[0] == pytest.approx(first, abs=0) and rule.curves[1] == pytest.approx(second, abs=0)
+
+    resumed_model, resumed_rule = mlp(), Curves()
+    resumed = make(resumed_model, resumed_rule)
+    _resume(model, acc, resumed_model, resumed)  # after 30 steps: mid-window
+    for batch in batches(20, seed=2):
+        acc.step(mlp_closure(model, acc, batch))
+        resumed.step(mlp_closure(resumed_model, resumed, batch))
+    assert resumed_rule.curves == rule.curves[-len(resumed_rule.curves):] and resumed_rule.curves
+
+    bare_rule = Curves()
+    bare = KoopmanAccelerator(torch.optim.SGD(mlp().parameters(), lr=0.1), Scaled(), window=3, fallback=bare_rule)
+    for _ in range(4):
+        bare.step()  # the user computed no gradients: the step changes nothing, and returns no loss
+    assert bare_rule.curves == [None]
+
+    # Mean snapshots are not the weights the steps' losses were measured at: no curve.
+    mean_model, mean_rule = mlp(), Curves()
+    mean = KoopmanAccelerator(torch.optim.SGD(mean_model.parameters(), lr=0.1), Scaled(), window=3, stride=2,
+                              snapshot="mean", fallback=mean_rule)  # fmt: skip
+    for batch in batches(7):
+        mean.step(mlp_closure(mean_model, mean, batch))
+    assert mean_rule.curves == [None]
+
+
 def test_the_floor_changes_no_decision_only_what_it_costs():
     """With a non-negative loss, every jump the floor declines would have been rejected after its fit and
     check: a run with the floor is the run without it bit for bit, with fewer fits and evaluations."""
@@ -102,7 +173,7 @@ def test_the_floor_changes_no_decision_only_what_it_costs():
     for floor in (0.0, None):
         model = mlp()
         acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
-                                 horizon=200, fallback="worth-it", fallback_params={"floor": floor}, backoff=0)  # fmt: skip
+                                 horizon=200, fallback="worth-it", fallback_params={"floor": floor, "smoothness": 0.0}, backoff=0)  # fmt: skip
         for batch in batches(60):
             acc.step(mlp_closure(model, acc, batch))
         runs[floor] = (model, acc.stats)
@@ -123,8 +194,9 @@ def test_an_unusable_prediction_costs_no_check_and_the_measurement_goes_on():
 
 
 def test_attempts_declined_from_the_rate_alone_fit_nothing():
-    """The variant is fitted only when the rule asks for a prediction: the first attempt (measuring) and
-    attempts after a stretch where the loss rose cost no fit; the others fit once each."""
+    """The variant is fitted only when the rule asks for a prediction: the first attempt (measuring),
+    attempts after a stretch where the loss rose, over a curve that is not smooth, or with a drop out of
+    reach cost no fit; the others fit once each."""
     model = mlp()
     acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2), Scaled(), window=3, horizon=4,
                              fallback="worth-it", backoff=0, max_overhead=None)  # fmt: skip
@@ -134,7 +206,7 @@ def test_attempts_declined_from_the_rate_alone_fit_nothing():
     for batch in batches(40)[4:]:
         acc.step(mlp_closure(model, acc, batch))
     stats = acc.stats
-    declined = stats.rejections.get("measuring", 0) + stats.rejections.get("not-descending", 0)
+    declined = sum(stats.rejections.get(r, 0) for r in ("measuring", "not-descending", "not-smooth", "unreachable"))
     assert stats.jumps_tried > declined > 0
     assert stats.fits == stats.jumps_tried - declined
     assert stats.to_dict()["fits"] == stats.fits

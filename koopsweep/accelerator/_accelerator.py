@@ -274,9 +274,11 @@ class KoopmanAccelerator:
         self._slots = [[buf[i] for buf in self._buffers] for i in range(self._window)]
         self._on_cuda = any(p.is_cuda for p in self._params)
         self._loop = LoopState()
+        self._window_losses: list[Any] = []  # what each inner step of the window returned (None: no loss)
         self._syncs_seen = self._slow.syncs if self._slow is not None else 0
 
-    def _after_inner_step(self) -> None:
+    def _after_inner_step(self, loss: Any) -> None:
+        """Count the inner step that returned ``loss`` and record its snapshot and loss into the window."""
         stats = self.stats
         stats.inner_steps += 1
         if self._slow is not None:
@@ -289,6 +291,10 @@ class KoopmanAccelerator:
         self._loop.cycle_steps += 1
         if self._loop.filled >= self._window:
             return
+        if self._snapshot == "last":
+            # The loss curve along the fitted trajectory, for rules that judge its smoothness: a reference
+            # per step (a detached scalar tensor stays on its device; it is read once, at the attempt).
+            self._window_losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         slot = self._slots[self._loop.filled]
         if self._slow is not None:
             # At a synchronisation the model's weights are the new slow weights: record those.
@@ -301,6 +307,24 @@ class KoopmanAccelerator:
         if block_done:
             self._loop.filled += 1
             stats.snapshots_recorded += 1
+
+    def _read_window_losses(self) -> list[float] | None:
+        """The losses the inner steps of the window being recorded returned, oldest first (the loss at
+        the weights each step started from), or None when a step returned none (``step()`` without a
+        closure) or something that is not a number, and when the snapshots are not the weights the steps
+        were taken at (``snapshot`` other than ``"last"``: a mean, slow weights, an average, whose own
+        losses nobody measured). Reading them waits for the device once."""
+        losses = self._window_losses
+        if self._snapshot != "last":
+            return None
+        try:
+            if all(isinstance(v, torch.Tensor) and v.numel() == 1 for v in losses) and losses and all(
+                v.device == losses[0].device for v in losses
+            ):
+                return [float(v) for v in torch.stack([v.reshape(()) for v in losses]).tolist()]
+            return [float(v) for v in losses]  # None raises: no curve
+        except (TypeError, ValueError, RuntimeError):
+            return None
 
     def _record(self, slot: list[torch.Tensor]) -> bool:
         """Record this step's iterate into ``slot`` as ``snapshot`` says; whether the snapshot is complete."""
@@ -357,7 +381,7 @@ class KoopmanAccelerator:
         if self._clock_at_last_attempt is None and self._max_overhead is not None:
             self._clock_at_last_attempt = self._clock()  # the first step: plain training's clock starts
         loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
-        self._after_inner_step()
+        self._after_inner_step(loss)
         return loss
 
     def _jump_step(self, closure: Closure | None, check: Closure | None) -> Any:
@@ -422,6 +446,7 @@ class KoopmanAccelerator:
 
         self._loop.filled = 0
         self._loop.cycle_steps = 0
+        self._window_losses = []
         self._loop.last_attempt_step = stats.inner_steps
         self._loop.rejected_in_a_row = 0 if accepted else self._loop.rejected_in_a_row + 1
         if self._backoff:
@@ -430,7 +455,7 @@ class KoopmanAccelerator:
         if self._max_overhead is not None:
             self._pay_for_attempt(started, attempt_s, proposal.steps_since_last_attempt, accepted, reused)
         if stepped:
-            self._after_inner_step()
+            self._after_inner_step(loss)
         return loss
 
     def _pay_for_attempt(self, started: float, attempt_s: float, steps: int, accepted: bool, reused: bool) -> None:
@@ -539,6 +564,7 @@ class KoopmanAccelerator:
                 "snapshots": [buf[: self._loop.filled].clone() for buf in self._buffers],
                 # snapshot="mean" mid-block: the running sum of the block so far, in the next slot.
                 "partial": [buf[self._loop.filled].clone() for buf in self._buffers] if self._summing() else None,
+                "window_losses": self._read_window_losses(),
                 "stats": self.stats.to_dict(),
                 "fallback": self.fallback.state_dict(),  # what the rule learned (the adaptive horizon scale)
             },
@@ -592,3 +618,5 @@ class KoopmanAccelerator:
                     buf[self._loop.filled].copy_(saved)
         self.stats = AcceleratorStats.from_dict(stats)
         self.fallback.load_state_dict(acc.get("fallback") or {})
+        losses = acc.get("window_losses")
+        self._window_losses = [None] * int(cycle_steps) if losses is None else list(losses)

@@ -14,6 +14,7 @@ from koopsweep.accelerator._tensors import _foreach_copy, _global_norm
 from koopsweep.errors import ParameterError, PluginValidationError, UsageError
 
 Closure = Callable[[], Any]
+_UNREAD = object()  # a lazily read value not read yet
 
 
 class _Proposal:
@@ -50,8 +51,15 @@ class _Proposal:
         self._before: float | None = None
         self.loss_before_raw: Any = None
         self._before_grads: list[torch.Tensor | None] | None = None
+        self._window_losses: Any = _UNREAD
 
     # -- JumpProposal ---------------------------------------------------------------------------------
+
+    @property
+    def window_losses(self) -> list[float] | None:
+        if self._window_losses is _UNREAD:
+            self._window_losses = self._acc._read_window_losses()
+        return self._window_losses
 
     def predict(self, horizon: int) -> list[torch.Tensor] | None:
         if not isinstance(horizon, Integral) or isinstance(horizon, bool) or horizon < 1:

@@ -59,6 +59,13 @@ class JumpProposal(Protocol):
         """Why ``predict(horizon)`` returned None (``"fit-failed"``, ``"non-finite"``, ``"exploding"``,
         ``"inconsistent"``, ``"predict-failed"``), or None when it did not (or was not asked yet)."""
 
+    @property
+    def window_losses(self) -> list[float] | None:
+        """The loss each inner step returned over the window the variant is fitted on, oldest first
+        (each at the weights its step started from; with minibatches, each on its own batch), or None
+        when the steps returned none (``step()`` without a closure) or the snapshots are not those
+        weights (``snapshot`` other than ``"last"``). Free: no closure call."""
+
     def evaluate(self, params: list[torch.Tensor]) -> float:
         """The training loss at ``params`` (one closure call; ``inf`` when it is not finite)."""
 

@@ -8,7 +8,10 @@ plain training's own progress between two jump attempts (the loss just after the
 the loss before this one, and the steps between; the first attempt only measures) and accepts a jump
 of ``h`` steps only when its drop is at least ``worth`` times what that rate would give over ``h``
 steps. While the loss is not falling between attempts (a noisy or flat stretch: nothing to
-extrapolate) it does not jump, and pays for neither a fit nor a check. Nor does it when the drop it
+extrapolate) it does not jump, and pays for neither a fit nor a check; nor while the loss curve over
+the window (the loss each inner step returned) is not smooth enough, its net drop less than
+``smoothness`` times the total variation along it (minibatch noise, or an optimizer that oscillates:
+a trajectory a linear operator will not continue). Nor, last, when the drop it
 would need is more than the loss has left above ``floor``, a lower bound on the loss (0, the default,
 for the non-negative losses of classification and regression): early in a run, where the loss falls
 fast, no jump can be worth its horizon, and on a run of a second the fits saved are a few percent of
@@ -34,11 +37,13 @@ class WorthIt(FallbackRule):
     """`Verify` at the configured horizon ``h``, and accepted only if ``loss_before - loss(pred) >=
     worth * rate * h``, where ``rate`` is the loss's drop per inner step between the previous attempt
     and this one. The first attempt (no rate yet: ``measuring``) and an attempt after a stretch where the
-    loss did not fall (``not-descending``) are rejected without a fit or a check, and so is one whose
+    loss did not fall (``not-descending``) are rejected without a fit or a check, as is one whose window's
+    loss curve falls by less than ``smoothness`` times its total variation (``not-smooth``; 0 disables
+    the gate), and one whose
     needed drop would take the loss below ``floor`` (``unreachable``). ``floor=None``: no bound is known;
     a loss measured below the floor shows it is none, and it is then ignored. ``worth=0`` judges as `Verify`."""
 
-    defaults: ClassVar[dict[str, Any]] = {"tol": 0.0, "worth": 0.5, "floor": 0.0}
+    defaults: ClassVar[dict[str, Any]] = {"tol": 0.0, "worth": 0.5, "smoothness": 0.5, "floor": 0.0}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -56,6 +61,10 @@ class WorthIt(FallbackRule):
         ok = isinstance(worth, Real) and not isinstance(worth, bool) and math.isfinite(worth) and worth >= 0
         require(ok, self, "worth", worth, "a finite number >= 0 (0 judges as verify does)")
         self.params["worth"] = float(worth)
+        smoothness = self.params["smoothness"]
+        ok = isinstance(smoothness, Real) and not isinstance(smoothness, bool) and 0 <= smoothness <= 1
+        require(ok, self, "smoothness", smoothness, "a number from 0 (no gate) to 1 (only a monotone loss curve)")
+        self.params["smoothness"] = float(smoothness)
         floor = self.params["floor"]
         ok = floor is None or (isinstance(floor, Real) and not isinstance(floor, bool) and math.isfinite(floor))
         require(ok, self, "floor", floor, "None or a finite number (a lower bound on the loss)")
@@ -74,6 +83,15 @@ class WorthIt(FallbackRule):
             return None
         return (self.loss_after - loss_before) / steps
 
+    def smooth_enough(self, losses: list[float] | None) -> bool:
+        """Whether the window's loss curve falls by at least ``smoothness`` times its total variation (a
+        curve with fewer than 3 points, or none, passes: there is nothing to judge)."""
+        threshold = self.params["smoothness"]
+        if threshold <= 0 or losses is None or len(losses) < 3:
+            return True
+        variation = sum(abs(b - a) for a, b in zip(losses, losses[1:]))
+        return math.isfinite(variation) and losses[0] - losses[-1] >= threshold * variation
+
     def decide(self, jump: JumpProposal) -> Decision:
         h = jump.horizon
         # loss_before first: it is the inner step's own gradient evaluation whenever the jump is rejected,
@@ -88,6 +106,8 @@ class WorthIt(FallbackRule):
             return Decision.reject("measuring")
         if judged and rate <= 0:
             return Decision.reject("not-descending")
+        if judged and self.params["smoothness"] > 0 and not self.smooth_enough(jump.window_losses):
+            return Decision.reject("not-smooth")
         floor = self.params["floor"]
         if judged and floor is not None and before >= floor and before - floor < self.params["worth"] * rate * h:
             return Decision.reject("unreachable")  # no jump can drop the loss that far
