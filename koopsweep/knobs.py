@@ -61,7 +61,8 @@ KNOBS: dict[str, Knob] = {
         Knob("stride", 1, "inner steps between snapshots", minimum=1),
         Knob("snapshot", "last", "each snapshot is the last iterate of its stride block, their mean, the "
              "slow weights at each synchronisation of a Lookahead/SNOO inner optimizer, or the averaged "
-             "weights of an EMA or schedule-free inner optimizer", choices=("last", "mean", "slow", "average")),  # fmt: skip
+             "weights of an EMA or schedule-free inner optimizer",
+             choices=("last", "mean", "slow", "average")),  # fmt: skip
         Knob("burn_in", 0, "inner steps before the first snapshot", minimum=0),
         Knob("backoff", 4, "after k rejected jumps in a row, wait 2**min(k, backoff) - 1 windows", minimum=0),
         Knob("reset_state", "keep", "keep or reset the inner optimizer's state after an accepted jump",
@@ -70,6 +71,9 @@ KNOBS: dict[str, Knob] = {
              "the training time since (off: a run stays a function of its seed)", positive=True),
         Knob("consistency", None, "jump only the parameter tensors whose last snapshot the variant, fitted on the "
              "earlier ones, predicts within this many times their last displacement", positive=True),
+        Knob("coordinates", "raw", "fit the operator on the raw weights, or on Adam's preconditioned coordinates "
+             "(each weight times (sqrt(v) + eps) ** 0.5, where Adam is plain momentum descent)",
+             choices=("raw", "preconditioned")),  # fmt: skip
         Knob("check_batches", 0, "judge jumps on this many fixed training batches (0: the step's own)", minimum=0),
     )
 }

@@ -44,6 +44,7 @@ from koopsweep.accelerator._tensors import _foreach_copy, _global_norm
 from koopsweep.errors import ParameterError, PluginValidationError, UsageError
 from koopsweep.fallbacks._base import Decision, FallbackRule
 from koopsweep.knobs import KNOBS
+from koopsweep.optimizers._preconditioner import check_adam_like, preconditioner_root
 from koopsweep.optimizers._trajectory import AveragedPoint, SlowWeights, averaged_point, slow_weights
 from koopsweep.variants._base import Variant
 
@@ -145,6 +146,7 @@ class KoopmanAccelerator:
         explode_ratio: float = 1e3,
         max_overhead: float | None = KNOBS["max_overhead"].default,
         consistency: float | None = KNOBS["consistency"].default,
+        coordinates: str = KNOBS["coordinates"].default,
         **variant_params: Any,
     ) -> None:
         _check_optimizer(optimizer)
@@ -159,6 +161,10 @@ class KoopmanAccelerator:
         self._explode_ratio = _ratio_option("explode_ratio", explode_ratio, allow_none=False)
         self._max_overhead = _knob("max_overhead", max_overhead)
         self._consistency = _knob("consistency", consistency)
+        self._coordinates = _knob("coordinates", coordinates)
+        if self._coordinates == "preconditioned":
+            check_adam_like(optimizer)
+        self._scales: list[torch.Tensor] | None = None  # per-coordinate weights of the current fit
         self._clock_at_last_attempt: float | None = None  # when the previous attempt ended (not saved)
         self.variant = _build_variant(variant, variant_params)
         self.fallback = _build_fallback(fallback, fallback_params)
@@ -190,6 +196,7 @@ class KoopmanAccelerator:
     explode_ratio = property(lambda self: self._explode_ratio, doc="Unusable beyond this ratio.")
     max_overhead = property(lambda self: self._max_overhead, doc="Cap on failing attempts' share of the time.")
     consistency = property(lambda self: self._consistency, doc="Tolerance of the per-parameter consistency check.")
+    coordinates = property(lambda self: self._coordinates, doc='"raw" or "preconditioned" (the fit\'s coordinates).')
 
     @property
     def jump_due(self) -> bool:
@@ -483,8 +490,9 @@ class KoopmanAccelerator:
         displacement = _global_norm(buf[-1] - buf[0] for buf in self._buffers)
         t0 = self._clock()
         try:
-            consistent = None if self._consistency is None else self._consistent_tensors()
-            self.variant.fit(self._buffers)
+            window = self._fit_coordinates()
+            consistent = None if self._consistency is None else self._consistent_tensors(window)
+            self.variant.fit(window)
         except Exception as exc:  # degenerate windows make linear algebra raise; never crash training
             stats.fit_time_s += self._clock() - t0
             if not self._fit_warned:
@@ -502,13 +510,34 @@ class KoopmanAccelerator:
         self._read_spectrum()
         return displacement, consistent
 
-    def _consistent_tensors(self) -> list[bool]:
+    def _fit_coordinates(self) -> list[torch.Tensor]:
+        """The window in the coordinates the variant is fitted in: the snapshots themselves, or with
+        ``coordinates="preconditioned"`` each weight times ``d = (sqrt(v) + eps) ** 0.5`` from Adam's
+        second moment now (1 where a parameter has none yet). In ``u = d * w`` Adam's step is a plain
+        momentum step on the loss as a function of ``u``, so the operator fits the trajectory in the
+        metric that Adam descends in; predictions are divided by ``d`` again (`_variant_prediction`)."""
+        if self._coordinates == "raw":
+            self._scales = None
+            return self._buffers
+        with torch.no_grad():
+            self._scales = [preconditioner_root(self.optimizer, p) for p in self._params]
+            return [buf * d for buf, d in zip(self._buffers, self._scales)]
+
+    def _variant_prediction(self, steps: int) -> list[torch.Tensor]:
+        """The variant's prediction ``steps`` snapshot intervals ahead, in the weights' own coordinates."""
+        raw = self.variant.predict(steps)
+        if self._scales is None or not isinstance(raw, (list, tuple)) or len(raw) != len(self._scales):
+            return raw  # raw coordinates; a malformed prediction is reported by the proposal's checks
+        with torch.no_grad():
+            return [r / d if isinstance(r, torch.Tensor) else r for r, d in zip(raw, self._scales)]
+
+    def _consistent_tensors(self, window: list[torch.Tensor]) -> list[bool]:
         """Which parameter tensors' last snapshot the variant, fitted on the snapshots before it, predicts
         within ``consistency`` times that tensor's last displacement (one fit and one prediction)."""
-        earlier = [buf[:-1] for buf in self._buffers]
+        earlier = [buf[:-1] for buf in window]
         self.variant.fit(earlier)
         self.stats.fits += 1
-        predicted = self.variant.predict(1)
+        predicted = self._variant_prediction(1)
         with torch.no_grad():
             misses = [torch.linalg.vector_norm((p.to(b.dtype) - b[-1]).reshape(-1)) for p, b in zip(predicted, self._buffers)]
             steps = [torch.linalg.vector_norm((b[-1] - b[-2]).reshape(-1)) for b in self._buffers]

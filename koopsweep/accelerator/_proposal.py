@@ -212,7 +212,7 @@ class _Proposal:
         """``variant.predict(k)`` through the non-finite / exploding guard and the jump cap."""
         acc = self._acc
         try:
-            raw = acc.variant.predict(k)
+            raw = acc._variant_prediction(k)
         except Exception as exc:
             if not acc._predict_warned:
                 acc._predict_warned = True

@@ -11,11 +11,10 @@ steps. While the loss is not falling between attempts (a noisy or flat stretch: 
 extrapolate) it does not jump, and pays for neither a fit nor a check; nor while the loss curve over
 the window (the loss each inner step returned) is not smooth enough, its net drop less than
 ``smoothness`` times the total variation along it (minibatch noise, or an optimizer that oscillates:
-a trajectory a linear operator will not continue). Nor, last, when the drop it
-would need is more than the loss has left above ``floor``, a lower bound on the loss (0, the default,
-for the non-negative losses of classification and regression): early in a run, where the loss falls
-fast, no jump can be worth its horizon, and on a run of a second the fits saved are a few percent of
-its time.
+a trajectory a linear operator will not continue); nor when the drop it would need is more than the
+loss has left above ``floor``, a lower bound on the loss (0, the default, for the non-negative losses
+of classification and regression): early in a run, where the loss falls fast, no jump can be worth
+its horizon, and on a run of a second the fits saved are a few percent of its time.
 
 Like `Verify` it costs at most one closure call per usable jump, accepted or not, and an attempt it
 declines from the rate alone costs no fit; what it remembers (the loss after the last attempt)
@@ -37,11 +36,11 @@ class WorthIt(FallbackRule):
     """`Verify` at the configured horizon ``h``, and accepted only if ``loss_before - loss(pred) >=
     worth * rate * h``, where ``rate`` is the loss's drop per inner step between the previous attempt
     and this one. The first attempt (no rate yet: ``measuring``) and an attempt after a stretch where the
-    loss did not fall (``not-descending``) are rejected without a fit or a check, as is one whose window's
-    loss curve falls by less than ``smoothness`` times its total variation (``not-smooth``; 0 disables
-    the gate), and one whose
-    needed drop would take the loss below ``floor`` (``unreachable``). ``floor=None``: no bound is known;
-    a loss measured below the floor shows it is none, and it is then ignored. ``worth=0`` judges as `Verify`."""
+    loss did not fall (``not-descending``) are rejected without a fit or a check; so are an attempt whose
+    window's loss curve falls by less than ``smoothness`` times its total variation (``not-smooth``; 0
+    disables the gate) and one whose needed drop would take the loss below ``floor`` (``unreachable``).
+    ``floor=None``: no bound is known; a loss measured below the floor shows it is none, and it is then
+    ignored. ``worth=0`` judges as `Verify`."""
 
     defaults: ClassVar[dict[str, Any]] = {"tol": 0.0, "worth": 0.5, "smoothness": 0.5, "floor": 0.0}
 

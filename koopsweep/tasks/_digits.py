@@ -35,7 +35,7 @@ class DigitsMLP(ClassificationTask):
     # lookahead-adam and snoo-adam: benchmarks/tune_baselines.py TASK --seeds 3 --optimizers lookahead-adam,snoo-adam
     baseline_lrs: ClassVar[dict[str, float]] = {
         "adam": 0.003, "adadelta": 10.0, "sgd": 0.1, "adagrad": 0.1,
-        "lookahead-adam": 0.01, "snoo-adam": 0.003,
+        "lookahead-adam": 0.01, "snoo-adam": 0.003, "ema-adam": 0.01, "schedulefree-adamw": 0.03,
     }  # fmt: skip
     defaults: ClassVar[dict[str, Any]] = {"hidden": 32, "activation": "relu", "batch_size": 0, "eval_split": "test"}
 

@@ -66,7 +66,7 @@ class MNIST1DMLP(ClassificationTask):
     # lookahead-adam and snoo-adam: benchmarks/tune_baselines.py TASK --seeds 3 --optimizers lookahead-adam,snoo-adam
     baseline_lrs: ClassVar[dict[str, float]] = {
         "adam": 0.001, "adadelta": 1.0, "sgd": 0.03, "adagrad": 0.03,
-        "lookahead-adam": 0.003, "snoo-adam": 0.001,
+        "lookahead-adam": 0.003, "snoo-adam": 0.001, "ema-adam": 0.03, "schedulefree-adamw": 0.003,
     }  # fmt: skip
     defaults: ClassVar[dict[str, Any]] = {
         "hidden": (100, 100),
