@@ -34,7 +34,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "converging": {"modes": "converging"},  # the default, predicting with converging modes only
     "consistency": {"consistency": 0.5},  # the default, jumping only the tensors predicted consistently
     "verify-consistency": {"fallback": "verify", "backoff": 0, "consistency": 0.5},
+    "consistency-graded": {"consistency": 0.5, "layer_horizons": "graded"},  # per-layer horizons
+    "verify-consistency-graded": {"fallback": "verify", "backoff": 0, "consistency": 0.5, "layer_horizons": "graded"},
     "max-overhead": {"max_overhead": 0.02},  # the default, paced by the clock (no longer seed-exact)
+    "preconditioned": {"coordinates": "preconditioned"},  # the default, fitted in Adam's coordinates
+    "verify-preconditioned": {"fallback": "verify", "backoff": 0, "coordinates": "preconditioned"},
 }
 
 #: label -> (task, task parameters): every shipped task in the form it ships in, and in the other form

@@ -71,6 +71,9 @@ KNOBS: dict[str, Knob] = {
              "the training time since (off: a run stays a function of its seed)", positive=True),
         Knob("consistency", None, "jump only the parameter tensors whose last snapshot the variant, fitted on the "
              "earlier ones, predicts within this many times their last displacement", positive=True),
+        Knob("layer_horizons", "uniform", "every parameter tensor jumps the whole horizon, or (graded, with "
+             "consistency) a share of it that falls with the tensor's consistency miss",
+             choices=("uniform", "graded")),  # fmt: skip
         Knob("coordinates", "raw", "fit the operator on the raw weights, or on Adam's preconditioned coordinates "
              "(each weight times (sqrt(v) + eps) ** 0.5, where Adam is plain momentum descent)",
              choices=("raw", "preconditioned")),  # fmt: skip

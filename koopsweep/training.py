@@ -74,6 +74,7 @@ class KoopmanConfig:
     reset_state: str = KNOBS["reset_state"].default
     max_overhead: float | None = KNOBS["max_overhead"].default
     consistency: float | None = KNOBS["consistency"].default
+    layer_horizons: str = KNOBS["layer_horizons"].default
     coordinates: str = KNOBS["coordinates"].default
     # > 0: jumps are judged by the mean loss on this many fixed training batches, drawn once from a
     # stream seeded apart from the training one, instead of on the step's own minibatch.

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from koopsweep import KoopmanAccelerator
+from koopsweep import Variant
 from koopsweep.errors import ParameterError
 
 
@@ -141,3 +142,58 @@ def test_bench_and_specs_set_it_as_a_shared_knob():
     assert (acc.consistency, acc.max_overhead) == (0.5, 0.02)
     with pytest.raises(UsageError, match="consistency=-1 is invalid; expected a number > 0"):
         split_params("dmd-global", {"consistency": -1})
+
+
+class Biased(Variant):
+    """Linear extrapolation whose step along tensor ``i`` is ``1 + bias[i]`` times too long, so that the
+    one-step consistency miss of tensor ``i`` is exactly ``bias[i]`` times its last displacement."""
+
+    defaults = {"bias": (0.0,)}
+
+    def fit(self, snapshots):
+        self.last = [s[-1].clone() for s in snapshots]
+        self.slope = [(s[-1] - s[0]) / (s.shape[0] - 1) for s in snapshots]
+
+    def predict(self, horizon):
+        return [x + horizon * (1 + b) * v for x, v, b in zip(self.last, self.slope, self.params["bias"])]
+
+
+class Pulled(torch.nn.Module):
+    """Four tensors under SGD with constant gradients: each moves in its own straight line."""
+
+    def __init__(self):
+        super().__init__()
+        self.tensors = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(2, dtype=torch.float64)) for _ in range(4))
+        self.pulls = [torch.tensor([1.0 + i, -0.5 * i], dtype=torch.float64) for i in range(4)]
+
+    def loss(self):
+        return sum((pull * t).sum() for pull, t in zip(self.pulls, self.tensors))
+
+
+def test_graded_layer_horizons_give_each_tensor_a_share_that_falls_with_its_miss():
+    bias = (0.0, 0.1, 0.3, 0.6)  # misses of 0, 0.1, 0.3 and 0.6 displacements; tolerance 0.5
+    model = Pulled()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    acc = KoopmanAccelerator(optimizer, Biased(bias=bias), window=6, horizon=8, fallback="none", backoff=0,
+                             consistency=0.5, layer_horizons="graded")  # fmt: skip
+
+    def closure():
+        acc.zero_grad()
+        loss = model.loss()
+        loss.backward()
+        return loss
+
+    for _ in range(7):  # the window, then the jump and one step
+        acc.step(closure)
+    assert acc.stats.jumps_accepted == 1 and acc.stats.tensors_held == 1
+    # Shares 1 - miss / 0.5 in quarters: 1, 0.75, 0.25 and 0 of the 8-step horizon.
+    for t, pull, b, steps in zip(model.tensors, model.pulls, bias, (8, 6, 2, 0)):
+        velocity = -0.1 * pull
+        last = 6 * velocity  # where SGD alone is after the window's 6 steps
+        expected = last + steps * (1 + b) * velocity + velocity  # the jump, then one SGD step
+        torch.testing.assert_close(t.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_graded_horizons_need_the_consistency_check():
+    with pytest.raises(ParameterError, match="layer_horizons='graded' needs consistency"):
+        KoopmanAccelerator(torch.optim.SGD(Drifting().parameters(), lr=0.1), layer_horizons="graded")

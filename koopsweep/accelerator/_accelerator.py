@@ -117,6 +117,14 @@ class KoopmanAccelerator:
             prediction misses by more than ``consistency`` times its own last displacement is held at its
             current value and only the others jump (none consistent: the attempt is rejected as
             ``"inconsistent"`` without a check). It costs a second, smaller fit per attempt.
+        layer_horizons: per-layer horizons, with ``consistency``. ``"uniform"`` (the default): a tensor
+            jumps the whole horizon or, past the tolerance, not at all. ``"graded"``: its share of the
+            horizon is ``1 - miss / (consistency * displacement)``, rounded down to quarters, so a tensor
+            predicted exactly jumps all of it and one nearly out of tolerance a quarter (one more
+            prediction per distinct share, no more fits).
+        coordinates: ``"raw"`` (the default) fits the variant on the weights; ``"preconditioned"`` on each
+            weight times ``(sqrt(v) + eps) ** 0.5`` from an Adam-family inner optimizer's second moment,
+            the coordinates where Adam's step is a plain momentum step, and maps predictions back.
 
     ``step(closure)`` returns the loss the inner step used. Without a closure, ``step()`` works only with
     rules that do not evaluate the loss (``none``); the user computed the gradients beforehand. Then an
@@ -146,6 +154,7 @@ class KoopmanAccelerator:
         explode_ratio: float = 1e3,
         max_overhead: float | None = KNOBS["max_overhead"].default,
         consistency: float | None = KNOBS["consistency"].default,
+        layer_horizons: str = KNOBS["layer_horizons"].default,
         coordinates: str = KNOBS["coordinates"].default,
         **variant_params: Any,
     ) -> None:
@@ -161,6 +170,12 @@ class KoopmanAccelerator:
         self._explode_ratio = _ratio_option("explode_ratio", explode_ratio, allow_none=False)
         self._max_overhead = _knob("max_overhead", max_overhead)
         self._consistency = _knob("consistency", consistency)
+        self._layer_horizons = _knob("layer_horizons", layer_horizons)
+        if self._layer_horizons == "graded" and self._consistency is None:
+            raise ParameterError(
+                "KoopmanAccelerator: layer_horizons='graded' needs consistency=TOL (each tensor's share of the "
+                "horizon falls with its consistency miss, to none at TOL); give consistency, e.g. 0.5"
+            )
         self._coordinates = _knob("coordinates", coordinates)
         if self._coordinates == "preconditioned":
             check_adam_like(optimizer)
@@ -196,6 +211,7 @@ class KoopmanAccelerator:
     explode_ratio = property(lambda self: self._explode_ratio, doc="Unusable beyond this ratio.")
     max_overhead = property(lambda self: self._max_overhead, doc="Cap on failing attempts' share of the time.")
     consistency = property(lambda self: self._consistency, doc="Tolerance of the per-parameter consistency check.")
+    layer_horizons = property(lambda self: self._layer_horizons, doc='"uniform" or "graded" (per-tensor horizons).')
     coordinates = property(lambda self: self._coordinates, doc='"raw" or "preconditioned" (the fit\'s coordinates).')
 
     @property
@@ -531,9 +547,12 @@ class KoopmanAccelerator:
         with torch.no_grad():
             return [r / d if isinstance(r, torch.Tensor) else r for r, d in zip(raw, self._scales)]
 
-    def _consistent_tensors(self, window: list[torch.Tensor]) -> list[bool]:
-        """Which parameter tensors' last snapshot the variant, fitted on the snapshots before it, predicts
-        within ``consistency`` times that tensor's last displacement (one fit and one prediction)."""
+    def _consistent_tensors(self, window: list[torch.Tensor]) -> list[float]:
+        """Each parameter tensor's share of the horizon, from how well the variant, fitted on the snapshots
+        before the last, predicts that tensor's last snapshot (one fit and one prediction): with
+        ``layer_horizons="uniform"`` 1 within ``consistency`` times the tensor's last displacement and 0
+        (held) beyond; with ``"graded"`` ``1 - miss / (consistency * displacement)``, in quarters, so a
+        tensor predicted exactly jumps the whole horizon and one that misses by the tolerance stays."""
         earlier = [buf[:-1] for buf in window]
         self.variant.fit(earlier)
         self.stats.fits += 1
@@ -541,11 +560,16 @@ class KoopmanAccelerator:
         with torch.no_grad():
             misses = [torch.linalg.vector_norm((p.to(b.dtype) - b[-1]).reshape(-1)) for p, b in zip(predicted, self._buffers)]
             steps = [torch.linalg.vector_norm((b[-1] - b[-2]).reshape(-1)) for b in self._buffers]
-            # One host read for all tensors; a tensor that did not move at all is consistent only if hit exactly.
-            within = (torch.stack(misses) <= self._consistency * torch.stack(steps)).tolist()
-        held = len(within) - sum(within)
-        self.stats.tensors_held += held
-        return within
+            miss, allowed = torch.stack(misses), self._consistency * torch.stack(steps)
+            if self._layer_horizons == "uniform":
+                share = (miss <= allowed).to(miss.dtype)
+            else:
+                share = torch.floor(4 * (1 - miss / allowed).clamp(0, 1)) / 4
+            # A tensor that did not move at all is consistent only if hit exactly.
+            share = torch.where(allowed > 0, share, (miss == 0).to(miss.dtype))
+            shares = share.tolist()  # one host read for all tensors
+        self.stats.tensors_held += sum(1 for f in shares if f == 0)
+        return shares
 
     def _decide(self, proposal: _Proposal) -> Decision:
         decision = self.fallback.decide(proposal)

@@ -41,7 +41,8 @@ class _Proposal:
         self._check = check  # judges jumps instead of the closure, forward only; its calls leave no gradients
         self._fitted = False
         self._displacement: float | None = None  # of the fitted window; None when the fit failed
-        self._may_jump: list[bool] | None = None  # per parameter tensor (per-parameter consistency); None: all
+        # Each parameter tensor's share of the horizon (per-parameter consistency); None: all jump it whole.
+        self._shares: list[float] | None = None
         self._predictions: dict[int, list[torch.Tensor] | None] = {}
         self._reasons: dict[int, str] = {}
         self._evaluated: dict[int, tuple[list[torch.Tensor], float]] = {}
@@ -72,7 +73,7 @@ class _Proposal:
             self._fitted = True
             fitted = acc._fit_window()
             if fitted is not None:
-                self._displacement, self._may_jump = fitted
+                self._displacement, self._shares = fitted
         if self._displacement is None:
             self._predictions[k], self._reasons[k] = None, "fit-failed"
             return None
@@ -208,8 +209,11 @@ class _Proposal:
         self.last_loss = raw
         return value if math.isfinite(value) else math.inf
 
-    def _guarded(self, k: int) -> tuple[list[torch.Tensor] | None, str | None]:
-        """``variant.predict(k)`` through the non-finite / exploding guard and the jump cap."""
+    def _raw_prediction(
+        self, k: int, kept: list[list[torch.Tensor]]
+    ) -> tuple[list[torch.Tensor] | None, str | None]:
+        """``variant.predict(k)`` in the weights' coordinates, on their device and dtype, checked, and
+        copied where it aliases a prediction already made (stored ones, and those in ``kept``)."""
         acc = self._acc
         try:
             raw = acc._variant_prediction(k)
@@ -221,22 +225,42 @@ class _Proposal:
                     "prediction is treated as unusable ('predict-failed'). Later failures are only counted in "
                     "stats.rejections.",
                     RuntimeWarning,
-                    stacklevel=5,
+                    stacklevel=6,
                 )
             return None, "predict-failed"
         self.check_params(raw, f"{acc.variant!r}.predict({k})")
         # Predictions for other horizons must stay valid: copy a tensor that aliases an earlier one.
-        taken = {t.data_ptr() for pred in self._predictions.values() if pred for t in pred if t.numel()}
+        earlier = [*(pred for pred in self._predictions.values() if pred), *kept]
+        taken = {t.data_ptr() for pred in earlier for t in pred if t.numel()}
         pred = []
         for r, p in zip(raw, self._params):
             r = r.detach().to(device=p.device, dtype=p.dtype)
             if r.numel() and r.data_ptr() in taken:
                 r = r.clone()
             pred.append(r)
-        if self._may_jump is not None:
-            if not any(self._may_jump):
+        return pred, None
+
+    def _guarded(self, k: int) -> tuple[list[torch.Tensor] | None, str | None]:
+        """``variant.predict(k)`` through the per-tensor shares of the horizon, the non-finite /
+        exploding guard and the jump cap."""
+        acc = self._acc
+        pred, reason = self._raw_prediction(k, [])
+        if pred is None:
+            return None, reason
+        if self._shares is not None:
+            if not any(self._shares):
                 return None, "inconsistent"
-            pred = [r if jump else c for r, c, jump in zip(pred, self._origin, self._may_jump)]
+            # Graded horizons: a tensor with share f takes the prediction f * k steps ahead (one more
+            # prediction per distinct share, not another fit); share 0 keeps the origin's value.
+            partial: dict[float, list[torch.Tensor]] = {}
+            for share in sorted(set(self._shares) - {0.0, 1.0}):
+                partial[share], reason = self._raw_prediction(max(1, round(share * k)), [pred, *partial.values()])
+                if partial[share] is None:
+                    return None, reason
+            pred = [
+                r if share == 1.0 else c if share == 0.0 else partial[share][i]
+                for i, (r, c, share) in enumerate(zip(pred, self._origin, self._shares))
+            ]
         jumps = [r - c for r, c in zip(pred, self._origin)]
         norm = _global_norm(jumps)
         if not math.isfinite(norm):
