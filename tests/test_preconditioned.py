@@ -120,3 +120,28 @@ def test_a_training_run_takes_it_from_its_config():
     assert KoopmanAccelerator(torch.optim.Adam(mlp().parameters()), **config.accelerator_kwargs()).coordinates == (
         "preconditioned"
     )
+
+
+@pytest.mark.parametrize("options", [{"coordinates": "preconditioned"},
+                                     {"consistency": 0.5, "layer_horizons": "graded"}], ids=["preconditioned", "graded"])  # fmt: skip
+def test_a_resumed_run_continues_bit_for_bit(options):
+    """Neither option keeps state of its own (the scales and shares are recomputed at each attempt), so
+    a run resumed from a mid-window checkpoint is the uninterrupted run."""
+    from test_accelerator import _resume
+
+    def make(model):
+        return KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2), Recorded(factor=0.5), window=4,
+                                  horizon=6, fallback="none", backoff=0, **options)  # fmt: skip
+
+    data = batches(30)
+    model, resumed_model = mlp(), mlp()
+    acc, resumed = make(model), make(resumed_model)
+    for batch in data[:7]:
+        acc.step(closure_for(model, acc, batch))
+    _resume(model, acc, resumed_model, resumed)
+    for batch in data[7:]:
+        acc.step(closure_for(model, acc, batch))
+        resumed.step(closure_for(resumed_model, resumed, batch))
+    assert acc.stats.jumps_tried >= 4 and acc.stats.jumps_accepted >= 1
+    for p, q in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(p, q)
