@@ -52,7 +52,11 @@ class WorthIt(FallbackRule):
     def search_space(cls) -> dict[str, Any]:
         from optuna.distributions import FloatDistribution
 
-        return {"tol": _tol_space(), "worth": FloatDistribution(0.05, 2.0, log=True)}
+        return {
+            "tol": _tol_space(),
+            "worth": FloatDistribution(0.05, 2.0, log=True),
+            "smoothness": FloatDistribution(0.0, 0.9),  # 1 would allow only a monotone curve
+        }
 
     def validate_params(self) -> None:
         _check_tol(self)
