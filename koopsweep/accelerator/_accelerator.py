@@ -44,7 +44,7 @@ from koopsweep.accelerator._tensors import _foreach_copy, _global_norm
 from koopsweep.errors import ParameterError, PluginValidationError, UsageError
 from koopsweep.fallbacks._base import Decision, FallbackRule
 from koopsweep.knobs import KNOBS
-from koopsweep.optimizers._preconditioner import check_adam_like, preconditioner_root
+from koopsweep.optimizers._preconditioner import check_adam_like, preconditioner_roots
 from koopsweep.optimizers._trajectory import AveragedPoint, SlowWeights, averaged_point, slow_weights
 from koopsweep.variants._base import Variant
 
@@ -536,7 +536,7 @@ class KoopmanAccelerator:
             self._scales = None
             return self._buffers
         with torch.no_grad():
-            self._scales = [preconditioner_root(self.optimizer, p) for p in self._params]
+            self._scales = preconditioner_roots(self.optimizer)  # in self._params' order
             return [buf * d for buf, d in zip(self._buffers, self._scales)]
 
     def _variant_prediction(self, steps: int) -> list[torch.Tensor]:

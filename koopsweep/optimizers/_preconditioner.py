@@ -32,12 +32,13 @@ def check_adam_like(optimizer: torch.optim.Optimizer) -> None:
 
 
 @torch.no_grad()
-def preconditioner_root(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor:
-    """``(sqrt(v) + eps) ** 0.5`` for ``param``: the per-coordinate scale of Adam's metric, up to one
-    factor for the whole model (the bias correction), which a linear fit does not see. Ones before the
-    parameter's first step."""
-    v = optimizer.state.get(param, {}).get("exp_avg_sq")
-    if v is None:
-        return torch.ones_like(param)
-    eps = next(g.get("eps", 1e-8) for g in optimizer.param_groups if any(p is param for p in g["params"]))
-    return (v.sqrt() + eps).sqrt()
+def preconditioner_roots(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """``(sqrt(v) + eps) ** 0.5`` for each parameter, in ``param_groups`` order: the per-coordinate scale
+    of Adam's metric, up to one factor for the whole model (the bias correction), which a linear fit does
+    not see. Ones for a parameter before its first step."""
+    roots = []
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            v = optimizer.state.get(param, {}).get("exp_avg_sq")
+            roots.append(torch.ones_like(param) if v is None else (v.sqrt() + group.get("eps", 1e-8)).sqrt())
+    return roots
