@@ -18,9 +18,9 @@ weights and batch stream:
 3. speedup = the best baseline's time to the target / the accelerated run's time to it (an upper bound,
    best time / time it ran, when it never got there; the "reached" share says how often).
 
-The order of the runs rotates with the seed so that a drifting load on a shared machine does not favour
-one of them. An accelerated run whose turn comes before the last baseline has finished trains the
-budget, is paused, and resumes once the target is known; an untimed warm-up precedes each configuration's
+The runs of a seed advance interleaved, one evaluation interval each in turn (`koopsweep.pairing`), so
+that a change of load on a shared machine lands on all of them alike (docs/best-vs-best.md's tables were
+measured before that, in an order rotated by the seed); an untimed warm-up precedes each configuration's
 first run in the process. Clocks are `TrainingRun`'s: training only,
 evaluation checkpoints excluded.
 
@@ -166,13 +166,13 @@ def _run_record(run: RunResult, target: float, accelerated: bool) -> dict[str, A
 
 def measure_seed(task, accelerated: list[Accelerated], seed: int, *, baselines: list[str], budget: int,
                  cap_factor: float, device: torch.device, schedule: Schedule) -> dict[str, Any]:  # fmt: skip
-    """All baselines and accelerated runs of one seed, paired by `koopsweep.pairing.run_paired` in an order
-    rotated by the seed; the accelerated runs train at least the budget."""
+    """All baselines and accelerated runs of one seed, paired by `koopsweep.pairing.run_paired`
+    (interleaved); the accelerated runs train at least the budget."""
     plain = [Side(name, name, learning_rate(task, name)[0]) for name in baselines]
     jumping = [Side(acc.label, acc.optimizer, learning_rate(task, acc.optimizer)[0], acc.optimizer_params, acc.config)
                for acc in accelerated]  # fmt: skip
     pair = run_paired(task, plain, jumping, seed=seed, device=device, budget=budget, schedule=schedule,
-                      order="rotate", cap_factor=cap_factor, min_steps=budget)  # fmt: skip
+                      cap_factor=cap_factor, min_steps=budget)  # fmt: skip
     if not math.isfinite(pair.target):
         raise KoopsweepError(f"seed {seed}: every baseline diverged; no target to measure against")
     baselines, finished, order = pair.baselines, pair.accelerated, pair.order

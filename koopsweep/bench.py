@@ -1,12 +1,11 @@
 """`koopsweep bench`: a paired, repeated measurement of one configuration against its baselines.
 
 For each inner optimizer and seed, the plain optimizer and the accelerated one train the same model
-on the same batch stream, back to back in this process on one device (`koopsweep.pairing.run_paired`,
-order "rotate": they alternate which goes first, so that slow drift of a shared machine does not favour
-either side). The accelerated run trains at least the baseline's budget (so its final loss is comparable
-at equal gradient steps) and, if it has not yet reached the baseline's target, goes on up to
-``cap_factor`` times the budget and time. When it goes first it is paused at the budget, the baseline
-runs, and it resumes only if it must.
+on the same batch stream in this process on one device (`koopsweep.pairing.run_paired`): by default in
+alternating chunks of one evaluation interval, so that both see the same load; with ``pairing=
+"sequential"`` one after the other, alternating by seed which goes first. The accelerated run trains at
+least the baseline's budget (so its final loss is comparable at equal gradient steps) and, if it has
+not yet reached the baseline's target, goes on up to ``cap_factor`` times the budget and time.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from koopsweep import plugins
 from koopsweep.devices import device_label, resolve_device
 from koopsweep.errors import UsageError
 from koopsweep.knobs import KNOBS
-from koopsweep.measure import compare, iqr, median
-from koopsweep.pairing import Side, run_paired
+from koopsweep.measure import compare, iqr, load_moved, median
+from koopsweep.pairing import Side, pairing_order, run_paired
 from koopsweep.training import KoopmanConfig, learning_rate, task_schedule
 
 SHARED_KEYS = tuple(KNOBS)
@@ -40,6 +39,7 @@ class BenchSettings:
     target: str = "final"
     schedule: str | None = None  # None: the task's
     warmup: int | None = None
+    pairing: str = "interleaved"  # or "sequential" (`koopsweep.spec.PAIRINGS`)
 
 
 @dataclass
@@ -104,6 +104,7 @@ def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None
     budget = settings.budget or task_cls.default_budget
     schedule = task_schedule(task_cls, budget, settings.schedule, settings.warmup)
     eval_every = task.checkpoint_interval(budget)
+    order = pairing_order(settings.pairing, pruned=False)
     results: list[dict[str, Any]] = []
     rates: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -115,7 +116,7 @@ def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None
         for seed in range(settings.seeds):
             # The accelerated run trains at least the budget, so its loss at equal steps is on record.
             pair = run_paired(task, [plain], [jumping], seed=seed, device=device, budget=budget, schedule=schedule,
-                              order="rotate", target=settings.target, cap_factor=settings.cap_factor,
+                              order=order, target=settings.target, cap_factor=settings.cap_factor,
                               min_steps=budget, eval_every=eval_every)  # fmt: skip
             baseline, koopman = pair.baselines[optimizer], pair.accelerated["koopman"]
             koopman_first = pair.order[0] == "koopman"
@@ -131,6 +132,7 @@ def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None
                     "speedup": c.speedup,
                     "speedup_bound": c.speedup_bound,
                     "step_speedup": c.step_speedup,
+                    "cpu_speedup": c.cpu_speedup,
                     "target_loss": c.target_loss,
                     "baseline_final_loss": baseline.final_loss,
                     "koopman_final_loss": at_budget,
@@ -156,6 +158,8 @@ def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None
             "speedup_iqr": iqr([r["speedup_bound"] for r in rows]),
             "reached_fraction": sum(r["reached"] for r in rows) / len(rows),
             "median_step_speedup": median([r["step_speedup"] for r in rows]),
+            "median_cpu_speedup": median([r["cpu_speedup"] for r in rows]),
+            "load_moved": load_moved([r["speedup"] for r in rows], [r["step_speedup"] for r in rows]),
             "window_local_speedup": median([r["window_local_speedup"] for r in rows]),
             "median_acceptance_rate": median([r["acceptance_rate"] for r in rows]),
             "median_fit_over_step": median([r["fit_over_step"] for r in rows]),
@@ -174,6 +178,7 @@ def run_bench(settings: BenchSettings, on_progress: Callable[[str], None] | None
             "budget": budget,
             "cap_factor": settings.cap_factor,
             "target": settings.target,
+            "pairing": settings.pairing,
             "device": str(device),
             "device_name": device_label(device),
             "wall_time_s": time.perf_counter() - started,

@@ -11,6 +11,10 @@ Definitions (the README's "How speedups are measured" section says the same in p
   separately so a search can still rank it below every run that did reach it;
 - step speedup: the same ratio in gradient-step units, the accelerator's verification losses and fit
   time converted to steps by the measured cost of one step (machine-independent);
+- CPU speedup (CPU runs only): the same ratio in the process's CPU seconds, which other processes
+  taking the cores barely move;
+- load moved: a figure whose wall-clock and step speedups disagree by more than the seeds' spread (and
+  by at least `LOAD_TOLERANCE`), the sign that the machine's load changed between the two sides;
 - window-local speedup: the paper's figure, time of the steps a jump replaces (the accepted jumps' mean
   effective horizon) against the time of the fit and jump that replace them.
 """
@@ -24,6 +28,9 @@ from dataclasses import asdict, dataclass
 from koopsweep.training import Checkpoint, RunResult
 
 SMOOTHING_CHECKPOINTS = 3
+#: How far (a factor) wall-clock and step speedups may part for reasons of the run itself, such as
+#: per-step bookkeeping the step count does not see, before `load_moved` puts it down to the machine.
+LOAD_TOLERANCE = 1.5
 
 
 def target_loss(baseline: RunResult, rule: str = "final") -> float:
@@ -54,6 +61,7 @@ class Comparison:
     speedup: float | None  # None when not reached
     speedup_bound: float  # equals speedup when reached; an upper bound when not
     step_speedup: float | None
+    cpu_speedup: float | None  # None when not reached, and on CUDA (the host's CPU time says little there)
     baseline_final_loss: float
     koopman_final_loss: float
     loss_gap: float  # relative: (koopman final - baseline final) / |baseline final|
@@ -86,9 +94,12 @@ def compare(baseline: RunResult, koopman: RunResult, *, target: str = "final") -
         per_jump = fit_s / tried
         window_local = horizon * step_cost / per_jump
         fit_over_step = per_jump / step_cost
+    cpu_speedup = None
     if hit is not None:
         koop_time = hit.time_s
         speedup = _ratio(base_time, koop_time)
+        if baseline.device.startswith("cpu"):
+            cpu_speedup = _ratio(base_hit.cpu_time_s if base_hit else baseline.curve[-1].cpu_time_s, hit.cpu_time_s)
         # Verification losses cost about one step each (they include backward); fits by their time.
         koop_steps = hit.step + hit.evaluations + (hit.fit_time_s / step_cost if step_cost > 0 else 0.0)
         step_speedup = _ratio(base_steps, koop_steps)
@@ -107,6 +118,7 @@ def compare(baseline: RunResult, koopman: RunResult, *, target: str = "final") -
         speedup=speedup,
         speedup_bound=bound,
         step_speedup=step_speedup,
+        cpu_speedup=cpu_speedup,
         baseline_final_loss=base_final,
         koopman_final_loss=koopman.final_loss,
         loss_gap=(koopman.final_loss - base_final) / abs(base_final) if base_final else math.nan,
@@ -141,6 +153,19 @@ def quartiles(values: list[float | None]) -> tuple[float, float] | None:
 def iqr(values: list[float]) -> float | None:
     q = quartiles(values)
     return None if q is None else q[1] - q[0]
+
+
+def load_moved(wall: list[float | None], steps: list[float | None]) -> bool:
+    """Whether the median wall-clock and step speedups of the same seeds disagree by a factor beyond
+    both the seeds' spread of wall-clock figures (upper over lower quartile) and `LOAD_TOLERANCE`.
+    Steps cannot see load; a wall-clock figure that parts from them that far was moved by the machine."""
+    pairs = [(w, s) for w, s in zip(wall, steps) if w and s and math.isfinite(w) and math.isfinite(s)]
+    if not pairs:
+        return False
+    low, high = quartiles([w for w, _ in pairs])
+    wall_median, step_median = median([w for w, _ in pairs]), median([s for _, s in pairs])
+    disagreement = max(wall_median / step_median, step_median / wall_median)
+    return disagreement > max(LOAD_TOLERANCE, high / low)
 
 
 def format_speedup(comparison_or_value: Comparison | float | None, reached: bool = True) -> str:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from koopsweep.measure import format_speedup, median
+from koopsweep.measure import format_speedup, load_moved, median
 from koopsweep.tracking import TRACKING_MISSED_ATTR, TRIAL_TAG
 
 #: The tag of a trial's run that holds the first seed's last-fit eigenvalues (see `eigenvalues_tag`).
@@ -17,6 +17,9 @@ MAX_TAG_CHARS = 8000
 #: The trial user attribute `koopsweep study verify` writes: ``{"seeds", "speedup", "reached", "device"}``
 #: (speedup and reached by baseline, over seeds the sweep did not use).
 VERIFIED_ATTR = "verified"
+#: The trial user attribute set when its wall-clock and step speedups disagree beyond the seeds' spread
+#: (`koopsweep.measure.load_moved`): the machine's load changed while it ran.
+LOAD_MOVED_ATTR = "load_moved"
 
 
 def trial_summary(measurement, spec) -> dict[str, Any]:
@@ -29,6 +32,8 @@ def trial_summary(measurement, spec) -> dict[str, Any]:
         summary[f"reached_vs_{name}"] = f"{len(reached)}/{len(rows)}"
     primary = measurement.for_baseline(spec.primary_baseline)
     summary["step_speedup"] = median([c.step_speedup for c in primary])
+    summary["cpu_speedup"] = median([c.cpu_speedup for c in primary])
+    summary[LOAD_MOVED_ATTR] = load_moved([c.speedup for c in primary], [c.step_speedup for c in primary])
     summary["acceptance_rate"] = median([c.acceptance_rate for c in primary])
     summary["fit_over_step"] = median([c.fit_over_step for c in primary])
     summary["window_local_speedup"] = median([c.window_local_speedup for c in primary])
@@ -155,7 +160,8 @@ def study_summary(study, spec, top: int = 5) -> dict[str, Any]:
         for name in spec.baselines:
             out[f"speedup_vs_{name}"] = t.user_attrs.get(f"speedup_vs_{name}")
             out[f"reached_vs_{name}"] = t.user_attrs.get(f"reached_vs_{name}")
-        for key in ("step_speedup", "acceptance_rate", "fit_over_step", "window_local_speedup"):
+        for key in ("step_speedup", "cpu_speedup", LOAD_MOVED_ATTR, "acceptance_rate", "fit_over_step",
+                    "window_local_speedup"):
             out[key] = t.user_attrs.get(key)
         if VERIFIED_ATTR in t.user_attrs:
             out[VERIFIED_ATTR] = t.user_attrs[VERIFIED_ATTR]
@@ -200,6 +206,8 @@ def speedup_cell(row: dict[str, Any], baseline: str) -> str:
 # ------------------------------------------------------------------------------- the study as text
 #: Marks a speedup no seed reached (the figure is then an upper bound), and its footnote.
 NOT_REACHED = "†"
+#: Marks a trial whose wall-clock figure the machine's load moved (`LOAD_MOVED_ATTR`).
+LOAD_MARK = "!"
 
 
 def compact_speedup(row: dict[str, Any], baseline: str) -> str:
@@ -245,12 +253,15 @@ def summary_lines(summary: dict[str, Any], width: int = 80, wide: bool = False) 
 
     baselines, untuned = summary["baselines"], summary["untuned_lrs"]
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary["trials_by_state"].items())) or "no trials"
-    header = ["trial", "variant", *[f"vs {b}{'*' if b in untuned else ''}" for b in baselines], "accepted", "fit/step"]
+    header = ["trial", "variant", *[f"vs {b}{'*' if b in untuned else ''}" for b in baselines], "steps",
+              "accepted", "fit/step"]  # fmt: skip
     table = [header]
     for row in summary["best_trials"]:
-        accepted, fit = row.get("acceptance_rate"), row.get("fit_over_step")
+        accepted, fit, steps = row.get("acceptance_rate"), row.get("fit_over_step"), row.get("step_speedup")
+        mark = LOAD_MARK if row.get(LOAD_MOVED_ATTR) else ""
+        speedups = [compact_speedup(row, b) + (mark if i == 0 else "") for i, b in enumerate(baselines)]
         table.append([
-            str(row["number"]), str(row["variant"]), *[compact_speedup(row, b) for b in baselines],
+            str(row["number"]), str(row["variant"]), *speedups, "-" if steps is None else f"{steps:.2f}x",
             "-" if accepted is None else f"{accepted:.0%}", "-" if fit is None else f"{fit:.2f}",
         ])  # fmt: skip
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -270,7 +281,14 @@ def summary_lines(summary: dict[str, Any], width: int = 80, wide: bool = False) 
             lines.append(text)
             if row.get(VERIFIED_ATTR):
                 lines.append(indent + verified_text(row[VERIFIED_ATTR], baselines))
-    notes = ["speedup: the baseline's time to its final loss / the accelerated run's time to the same loss, median over seeds."]
+    notes = ["speedup: the baseline's time to its final loss / the accelerated run's time to the same loss, median "
+             f"over seeds; steps: the same against {baselines[0]} in gradient steps, which load cannot move."]
+    if any(row.get(LOAD_MOVED_ATTR) for row in summary["best_trials"]):
+        notes.append(
+            f"{LOAD_MARK} load moved while it ran: the trial's wall-clock figure parts from its step figure by more "
+            "than its seeds' spread, so the machine's load changed between its runs; trust the steps, or re-measure "
+            "it with 'koopsweep study verify' (pairing 'interleaved' shares the load between the sides)."
+        )
     if any(NOT_REACHED in cell for r in table[1:] for cell in r):
         notes.append(
             f"{NOT_REACHED} not reached: the accelerated run never got down to that baseline's final loss within "

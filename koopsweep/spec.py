@@ -26,6 +26,8 @@ SAMPLERS = ("tpe", "random", "gp", "nsga2")
 PRUNERS = ("median", "percentile", "hyperband", "threshold", "none")
 OBJECTIVES = ("speedup", "speedup-and-gap")
 TARGETS = ("final", "relative")
+#: How a seed's runs share the machine (`koopsweep.pairing`): in alternating chunks, or one after another.
+PAIRINGS = ("interleaved", "sequential")
 
 #: The shared knobs a spec may search (`koopsweep.knobs.KNOBS`) and what it searches when it says
 #: nothing: a range of windows and horizons, every other knob at its default.
@@ -115,6 +117,8 @@ class StudySpec:
     objective: str = "speedup"
     target: str = "final"
     cap_factor: float = 2.0
+    # How each seed's baselines and accelerated run share the machine (`koopsweep.pairing.PAIRINGS`).
+    pairing: str = "interleaved"
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": None, "args": {}})
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median", "args": {}})
     storage: str | None = None
@@ -237,7 +241,7 @@ def _check_search_values(check: _Checker, search: dict[str, SearchField]) -> Non
 
 TOP_LEVEL = {
     "name", "description", "task", "task_params", "optimizer", "lr", "baselines", "budget", "seeds",
-    "n_trials", "variants", "device", "search", "objective", "target", "cap_factor", "sampler", "pruner",
+    "n_trials", "variants", "device", "search", "objective", "target", "cap_factor", "pairing", "sampler", "pruner",
     "storage", "tracking_uri", "variant_params", "fallback_params", "optimizer_params", "schedule", "warmup",
 }  # fmt: skip
 
@@ -322,6 +326,7 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
     check.finite("cap_factor", cap_factor)
     if cap_factor < 1:
         check.fail("cap_factor", f"must be at least 1, got {cap_factor!r}")
+    pairing = check.choice(data, "pairing", PAIRINGS, "interleaved")
     sampler_raw = check.typed(data, "sampler", dict, {}, "a table")
     check.unknown(sampler_raw, {"name", "seed", "args"}, "sampler.")
     sampler = {
@@ -349,7 +354,7 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> StudySpec:
         n_trials=n_trials, variants=variants, device=device, search=search, variant_params=variant_params,
         fallback_params=fallback_params, optimizer_params=optimizer_params, schedule=schedule, warmup=warmup,
         objective=objective,
-        target=target, cap_factor=float(cap_factor), sampler=sampler, pruner=pruner, storage=storage,
+        target=target, cap_factor=float(cap_factor), pairing=pairing, sampler=sampler, pruner=pruner, storage=storage,
         tracking_uri=tracking_uri,
     )  # fmt: skip
 

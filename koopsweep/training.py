@@ -105,6 +105,7 @@ class Checkpoint:
     step: int
     time_s: float
     loss: float
+    cpu_time_s: float = 0.0  # process CPU seconds of training (see `koopsweep.devices.Stopwatch`)
     # Accelerator counters at this point (zero for a plain run).
     jumps_tried: int = 0
     jumps_accepted: int = 0
@@ -158,9 +159,9 @@ CheckpointHook = Callable[[Checkpoint], bool | None]
 class TrainingRun:
     """One run of a task, advanced in one or more segments on a clock that only runs while it trains.
 
-    Segments let a measurement pause a run and resume it later (the bench runs the accelerated side
-    up to the baseline's budget, then the baseline, then continues the accelerated run only if it has
-    not reached the baseline's target yet). Data loading, model construction and the first batch all
+    Segments let a measurement pause a run and resume it later: `koopsweep.pairing` advances a
+    baseline and an accelerated run in alternating chunks of one evaluation interval, each on its own
+    clock, so that both see the same load. Data loading, model construction and the first batch all
     happen before the clock first starts.
     """
 
@@ -211,7 +212,7 @@ class TrainingRun:
         elapsed = self.clock.pause()
         with self.plugin.evaluation(self.optimizer):
             loss = self.task.eval_loss(self.model, self.device)
-        point = Checkpoint(self.steps, elapsed, loss)
+        point = Checkpoint(self.steps, elapsed, loss, self.clock.cpu_elapsed)
         if self.koopman is not None:
             stats = self.stepper.stats
             point.jumps_tried, point.jumps_accepted = stats.jumps_tried, stats.jumps_accepted
@@ -223,6 +224,11 @@ class TrainingRun:
         elif self.on_checkpoint is not None and self.on_checkpoint(point):
             self.stopped = "pruned"
         return point
+
+    @property
+    def time_s(self) -> float:
+        """Training wall-clock seconds so far (at the last checkpoint)."""
+        return self.curve[-1].time_s
 
     def _should_stop(self, stop_below: float | None, min_steps: int, max_time_s: float | None) -> str | None:
         if self.stopped in self.TERMINAL:

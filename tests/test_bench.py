@@ -14,9 +14,10 @@ from koopsweep.training import train
 
 RESULT_KEYS = {
     "optimizer", "seed", "baseline_time_s", "koopman_time_s", "speedup", "step_speedup", "target_loss",
-    "baseline_final_loss", "koopman_final_loss", "acceptance_rate", "reached",
+    "baseline_final_loss", "koopman_final_loss", "acceptance_rate", "reached", "cpu_speedup",
 }  # fmt: skip
-SUMMARY_KEYS = {"median_speedup", "speedup_iqr", "reached_fraction", "median_step_speedup", "window_local_speedup"}
+SUMMARY_KEYS = {"median_speedup", "speedup_iqr", "reached_fraction", "median_step_speedup", "window_local_speedup",
+                "median_cpu_speedup", "load_moved"}  # fmt: skip
 
 
 def test_bench_cli_writes_the_json_report(tmp_path):
@@ -32,18 +33,30 @@ def test_bench_cli_writes_the_json_report(tmp_path):
     report = json.loads(out.read_text())
     assert report["settings"]["koopman"]["window"] == 6 and report["settings"]["koopman"]["worth-it.tol"] == 0.01
     assert len(report["results"]) == 4
-    assert {r["first"] for r in report["results"]} == {"baseline", "koopman"}  # alternating order
+    assert report["settings"]["pairing"] == "interleaved"
+    assert {r["first"] for r in report["results"]} == {"baseline"}  # the baseline's chunk runs first each round
     for record in report["results"]:
         assert RESULT_KEYS <= set(record)
         if record["reached"]:
             assert record["speedup"] == pytest.approx(record["baseline_time_s"] / record["koopman_time_s"])
+            assert record["cpu_speedup"] > 0
         else:
-            assert record["speedup"] is None and record["koopman_time_s"] is None
+            assert record["speedup"] is None and record["koopman_time_s"] is None and record["cpu_speedup"] is None
     assert set(report["summary"]) == {"adam", "adadelta"}
     for row in report["summary"].values():
         assert SUMMARY_KEYS <= set(row)
         assert 0.0 <= row["reached_fraction"] <= 1.0
     assert "IQR" in result.output and "adadelta" in result.output
+
+
+def test_sequential_pairing_alternates_which_side_goes_first():
+    settings = BenchSettings(task="digits-mlp", variant="extrapolate-linear", seeds=2, budget=20, device="cpu",
+                             pairing="sequential")  # fmt: skip
+    report = run_bench(settings)
+    assert report["settings"]["pairing"] == "sequential"
+    assert [r["first"] for r in report["results"]] == ["baseline", "koopman"]
+    with pytest.raises(UsageError, match="pairing 'parallel' is not one of interleaved, sequential"):
+        run_bench(BenchSettings(task="digits-mlp", seeds=1, budget=10, device="cpu", pairing="parallel"))
 
 
 def test_baseline_curves_are_identical_for_the_same_seed_on_cpu():

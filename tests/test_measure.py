@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from koopsweep.measure import compare, format_speedup, iqr, median, quartiles, target_loss
+from koopsweep.measure import compare, format_speedup, iqr, load_moved, median, quartiles, target_loss
 from koopsweep.training import Checkpoint, KoopmanConfig, RunResult
 
 
@@ -72,3 +72,24 @@ def test_a_target_met_at_the_first_checkpoint_by_both_runs_is_no_speedup():
     # Reached at the start only by the accelerated run: then it really is infinitely sooner.
     late = compare(BASELINE, run([(0, 0.0, 0.2), (10, 1.0, 0.1)], CONFIG, {"jumps_tried": 0}))
     assert late.speedup == math.inf
+
+
+def test_cpu_speedup_reads_the_process_cpu_time_to_target_and_only_on_cpu():
+    base = run([(0, 0.0, 1.0, {"cpu_time_s": 0.0}), (10, 2.0, 0.5, {"cpu_time_s": 1.5}), (20, 4.0, 0.25, {"cpu_time_s": 3.0})])
+    koop = run([(0, 0.0, 1.0), (10, 3.0, 0.2, {"cpu_time_s": 1.0})], CONFIG, {"jumps_tried": 1})
+    c = compare(base, koop)
+    # target 0.25 (the mean of the last three losses is 0.583: reached at step 10 at 1.5 cpu s)
+    assert c.speedup == pytest.approx(2.0 / 3.0) and c.cpu_speedup == pytest.approx(1.5 / 1.0)
+    base.device = "cuda:0"
+    assert compare(base, koop).cpu_speedup is None
+
+
+def test_load_moved_flags_wall_clock_figures_that_part_from_the_steps_beyond_the_seeds_spread():
+    # The quickstart on a machine whose load changed: 6x in wall-clock, about 1x in steps.
+    assert load_moved([6.0, 5.1, 7.2], [1.0, 0.98, 1.02])
+    # Overheads of the run itself: wall-clock a little under the steps.
+    assert not load_moved([0.9, 0.85, 0.95], [1.1, 1.05, 1.12])
+    # A disagreement inside the seeds' own spread is no evidence.
+    assert not load_moved([0.5, 4.0, 1.0, 2.0], [1.0, 1.0, 1.0, 1.0])
+    # Unreached seeds (None) are left out; nothing to compare is no flag.
+    assert load_moved([3.0, None], [1.0, 1.0]) and not load_moved([None], [None])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -28,7 +30,7 @@ def test_rotate_takes_turns_by_seed_and_pauses_an_accelerated_run_until_the_targ
     orders = []
     for seed in range(3):
         pair = run_paired(task, baselines, accelerated, seed=seed, device=CPU, budget=30, schedule=Schedule(),
-                          min_steps=30, eval_every=10)  # fmt: skip
+                          min_steps=30, eval_every=10, order="rotate")  # fmt: skip
         orders.append(pair.order)
         run = pair.accelerated["jumps"]
         assert run.steps >= 30 and [p.step for p in run.curve][:4] == [0, 10, 20, 30]  # one run, resumed
@@ -38,12 +40,66 @@ def test_rotate_takes_turns_by_seed_and_pauses_an_accelerated_run_until_the_targ
 
 def test_the_order_does_not_change_what_a_run_computes(task):
     baselines, accelerated = sides()
-    first = run_paired(task, baselines, accelerated, seed=2, device=CPU, budget=20, schedule=Schedule(), eval_every=10)
-    again = run_paired(task, baselines, accelerated, seed=2, device=CPU, budget=20, schedule=Schedule(), eval_every=10,
-                       order="baselines-first")  # fmt: skip
-    assert again.order == ["adam", "sgd", "jumps"] and first.order[0] == "jumps"
+    pairs = {order: run_paired(task, baselines, accelerated, seed=2, device=CPU, budget=20, schedule=Schedule(),
+                               eval_every=10, min_steps=20, order=order)
+             for order in pairing.ORDERS}  # fmt: skip
+    assert pairs["rotate"].order[0] == "jumps"
+    assert pairs["baselines-first"].order == pairs["interleaved"].order == ["adam", "sgd", "jumps"]
     for name in ("adam", "sgd"):
-        assert [p.loss for p in first.baselines[name].curve] == [p.loss for p in again.baselines[name].curve]
+        curves = {tuple((p.step, p.loss) for p in pair.baselines[name].curve) for pair in pairs.values()}
+        assert len(curves) == 1
+    jumps = {tuple((p.step, p.loss, p.jumps_accepted) for p in pair.accelerated["jumps"].curve) for pair in pairs.values()}
+    assert len(jumps) == 1
+
+
+class LoadedDigits(plugins.load_task("digits-mlp")):
+    """digits-mlp on a machine where, from ``busy_from`` (a perf_counter time), every step costs 3 ms more."""
+
+    busy_from = float("inf")
+
+    def loss(self, model, batch):
+        if time.perf_counter() >= self.busy_from:
+            time.sleep(0.003)
+        return super().loss(model, batch)
+
+
+@pytest.mark.parametrize("order, shares_the_load", [("interleaved", True), ("baselines-first", False)])
+def test_interleaving_gives_both_sides_the_same_load_and_each_clock_only_its_own_chunks(order, shares_the_load):
+    # Two identical runs; the load arrives once a quarter of the work is done. One after the other, the
+    # second pays for all of it; interleaved, both pay alike.
+    task = LoadedDigits()
+    same = [Side("first", "adam", 3e-3), Side("second", "adam", 3e-3)]
+    pairing.warm_up(task, same[0], CPU, Schedule())
+    task.busy_from = time.perf_counter() + 0.25 * 2 * 200 * 0.003  # about a quarter of both runs, loaded
+    started = time.perf_counter()
+    pair = run_paired(task, same, [], seed=0, device=CPU, budget=200, schedule=Schedule(), eval_every=10, order=order)
+    elapsed = time.perf_counter() - started
+    first, second = (pair.baselines[name].time_s for name in ("first", "second"))
+    assert first + second < elapsed  # each clock counts its own chunks, never the other's or the checkpoints
+    if shares_the_load:
+        assert 0.8 < second / first < 1.25
+    else:
+        assert second / first > 2
+    assert [p.loss for p in pair.baselines["first"].curve] == [p.loss for p in pair.baselines["second"].curve]
+
+
+def test_interleaved_hands_the_hook_the_baselines_under_way_and_stops_once_pruned(task):
+    baselines, accelerated = sides()
+    seen = []
+
+    def hook(runs):
+        def on_checkpoint(point):
+            # The baselines' chunks up to this step ran first.
+            seen.append((point.step, runs["adam"].steps, runs["sgd"].steps))
+            return point.step >= 20
+
+        return on_checkpoint
+
+    pair = run_paired(task, baselines, accelerated, seed=0, device=CPU, budget=50, schedule=Schedule(), eval_every=10,
+                      hook=hook)  # fmt: skip
+    assert seen == [(10, 10, 10), (20, 20, 20)]
+    assert pair.accelerated["jumps"].stopped == "pruned"
+    assert pair.baselines["adam"].steps == 20  # nothing trained past the pruning
 
 
 def test_a_warm_up_runs_once_per_configuration_and_the_hook_sees_the_baselines(task, monkeypatch):

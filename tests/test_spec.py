@@ -20,7 +20,7 @@ def test_minimal_spec_gets_defaults(tmp_path):
     assert spec.baselines == ["adam", "adadelta"] and spec.primary_baseline == "adam"
     assert spec.search["window"].distribution().low == 8
     assert spec.search["fallback"].is_fixed and spec.search["fallback"].fixed == "worth-it"
-    assert spec.directions == ["maximize"]
+    assert spec.directions == ["maximize"] and spec.pairing == "interleaved"
 
 
 def test_search_forms(tmp_path):
@@ -51,10 +51,10 @@ def test_number_knobs_are_off_unless_given_and_take_a_range(tmp_path):
 
 
 def test_round_trip_through_the_study_json(tmp_path):
-    spec = load_spec(write(tmp_path, MINIMAL + 'objective = "speedup-and-gap"\n[pruner]\nname = "none"\n[search]\nhorizon = [10, 20]\n'))
+    spec = load_spec(write(tmp_path, MINIMAL + 'objective = "speedup-and-gap"\npairing = "sequential"\n[pruner]\nname = "none"\n[search]\nhorizon = [10, 20]\n'))
     again = spec_from_json(spec.dumps(), "stored")
     assert again == spec
-    assert again.directions == ["maximize", "minimize"]
+    assert again.directions == ["maximize", "minimize"] and again.pairing == "sequential"
 
 
 BAD = [
@@ -82,6 +82,7 @@ BAD = [
     (MINIMAL + "objective = 'fastest'\n", "'objective'"),
     (MINIMAL + "target = 'best'\n", "'target'"),
     (MINIMAL + "cap_factor = 0.5\n", "'cap_factor'"),
+    (MINIMAL + "pairing = 'parallel'\n", "'pairing'"),
     (MINIMAL + "[sampler]\nname = 'grid'\n", "'sampler.name'"),
     (MINIMAL + "[sampler]\nseed = 'zero'\n", "'sampler.seed'"),
     (MINIMAL + "[sampler]\nsed = 1\n", "'sampler.sed'"),

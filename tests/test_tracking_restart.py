@@ -42,3 +42,23 @@ def test_study_show_counts_the_trials_that_ran_while_tracking_failed():
     assert "2 trial(s) ran while MLflow tracking failed" in text
     summary["tracking_missed"] = 0
     assert "tracking failed" not in " ".join(summary_lines(summary))
+
+
+def test_study_show_puts_the_step_figure_beside_the_wall_clock_one_and_flags_load_that_moved():
+    from koopsweep.reporting import summary_lines
+
+    row = {"number": 4, "variant": "extrapolate-linear", "params": {"variant": "extrapolate-linear"},
+           "speedup_vs_adam": 6.01, "reached_vs_adam": "1/1", "step_speedup": 0.97, "load_moved": True,
+           "acceptance_rate": 0.0, "fit_over_step": 0.02}  # fmt: skip
+    summary = {
+        "study": "s", "task": "digits-mlp", "optimizer": "adam", "baselines": ["adam"], "untuned_lrs": [],
+        "objective": "speedup", "directions": ["maximize"], "trials_by_state": {"COMPLETE": 1},
+        "best_trials": [row], "best_per_variant": {}, "tracking_missed": 0,
+    }  # fmt: skip
+    lines = summary_lines(summary)
+    header = next(line for line in lines if line.startswith("trial"))
+    assert header.split() == ["trial", "variant", "vs", "adam", "steps", "accepted", "fit/step"]
+    assert next(line for line in lines if line.lstrip().startswith("4 ")).split()[2:4] == ["6.01x!", "0.97x"]
+    assert "! load moved while it ran" in "\n".join(lines) and all(len(line) <= 80 for line in lines)
+    row["load_moved"] = False
+    assert "load moved" not in "\n".join(summary_lines(summary))

@@ -1,5 +1,5 @@
-"""One trial: the configuration Optuna suggests, and its paired measurement (baselines, then the
-accelerated run on the same seed, data order and device), logged to MLflow."""
+"""One trial: the configuration Optuna suggests, and its paired measurement (the baselines and the
+accelerated run on the same seed, data order and device, `koopsweep.pairing`), logged to MLflow."""
 
 from __future__ import annotations
 
@@ -112,8 +112,15 @@ class TrialMeasurement:
         return [c for c in self.comparisons if c.baseline == name]
 
 
+def _refuse_diverged(baseline_runs, seed: int) -> None:
+    """A baseline that diverges makes the trial unmeasurable: say which, and what to check."""
+    for name, run in baseline_runs.items():
+        if run.stopped == "diverged":
+            raise TrialFailed(f"baseline {name} diverged on seed {seed}; check the task's tuned learning rate")
+
+
 class Objective:
-    """Runs one trial: for each seed, the baselines then the accelerated run, paired on one device."""
+    """Runs one trial: for each seed, the baselines and the accelerated run, paired on one device."""
 
     def __init__(self, spec: StudySpec, device, tracker: Tracker | None, parent_run_id: str | None) -> None:
         from koopsweep.devices import device_label, environment
@@ -202,9 +209,9 @@ class Objective:
         self, trial: optuna.Trial, config, optimizer_params: dict[str, Any], seeds: list[int] | None = None
     ) -> TrialMeasurement:
         """The paired measurement on each of ``seeds`` (the spec's by default; `study verify` passes fresh
-        ones): baselines first, then the accelerated run, pruned through ``trial``."""
+        ones), paired as the spec's ``pairing`` says and pruned through ``trial``."""
         from koopsweep.measure import compare, first_reaching
-        from koopsweep.pairing import Side, run_paired
+        from koopsweep.pairing import Side, pairing_order, run_paired
 
         spec = self.spec
         comparisons, koopman_runs, baseline_runs = [], [], []
@@ -214,14 +221,13 @@ class Objective:
         for index, seed in enumerate(spec.seeds if seeds is None else seeds):
             offset = index * (max_steps + 1)
 
-            def pruning(done, offset=offset):
-                primary = done[spec.primary_baseline]
-                for name, run in done.items():
-                    if run.stopped == "diverged":
-                        raise TrialFailed(f"baseline {name} diverged on seed {seed}; check the task's tuned learning rate")
+            def pruning(baseline_runs, offset=offset, seed=seed):
+                primary = baseline_runs[spec.primary_baseline]
 
                 def report(point) -> bool:
-                    # Intermediate value: how much sooner than the primary baseline this loss was reached.
+                    _refuse_diverged(baseline_runs, seed)
+                    # Intermediate value: how much sooner than the primary baseline this loss was reached
+                    # (interleaved: against the baseline's curve up to this step, which its chunk ran first).
                     hit = first_reaching(primary.curve, point.loss)
                     base_time = hit.time_s if hit else primary.time_s
                     if point.time_s <= 0 or len(spec.directions) > 1:
@@ -231,10 +237,10 @@ class Objective:
 
                 return report
 
-            # Baselines first: the pruner judges the accelerated run's checkpoints against their curves.
             pair = run_paired(self.task, baselines, [accelerated], seed=seed, device=self.device, budget=self.budget,
-                              schedule=self.schedule, order="baselines-first", target=spec.target,
-                              cap_factor=spec.cap_factor, hook=pruning)  # fmt: skip
+                              schedule=self.schedule, order=pairing_order(spec.pairing, pruned=True),
+                              target=spec.target, cap_factor=spec.cap_factor, hook=pruning)  # fmt: skip
+            _refuse_diverged(pair.baselines, seed)
             koopman = pair.accelerated["koopman"]
             baseline_runs += list(pair.baselines.values())
             koopman_runs.append(koopman)
