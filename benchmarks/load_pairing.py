@@ -104,7 +104,7 @@ def summarize(data: dict[str, Any]) -> str:
                 moved = "" if not run["loaded"] else f"{abs(run['median'] / quiet['median'] - 1):.0%}"
                 lines.append(
                     f"{index:>6} {pairing:<11} {'bursts' if run['loaded'] else 'quiet':<6} {run['median']:>6.2f}x "
-                    f"{low:>5.2f}-{high:<5.2f}x {run['steps']:>5.2f}x {run['cpu'] or 0:>5.2f}x "
+                    f"{f'{low:.2f}-{high:.2f}x':>13} {run['steps']:>5.2f}x {run['cpu'] or 0:>5.2f}x "
                     f"{'!' if run['load_moved'] else '':>4} {moved:>6}"
                 )  # fmt: skip
     return "\n".join(lines)

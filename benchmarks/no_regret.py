@@ -5,8 +5,8 @@ forms, under each candidate configuration, against its inner optimizer alone.
     python benchmarks/no_regret.py --out DIR --summarize     # the table again, from the JSONs in DIR
 
 Every row is `koopsweep bench TASK --param ...` (`koopsweep.bench.run_bench`): per seed the plain
-optimizer and the accelerated one train the same model on the same batches, alternating which goes
-first; the figure is wall-clock time to the plain run's final loss, median over seeds, every overhead
+optimizer and the accelerated one train the same model on the same batches, interleaved one
+evaluation interval at a time (`koopsweep.pairing`); the figure is wall-clock time to the plain run's final loss, median over seeds, every overhead
 included. A candidate is no-regret where every median is at least 0.95x. A configuration already
 measured in DIR is not run again (delete its JSON to re-measure).
 """
@@ -24,7 +24,7 @@ from koopsweep.bench import BenchSettings, run_bench
 
 #: name -> the `--param` values of a candidate default (the accelerator's own defaults otherwise).
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "default": {},  # the accelerator's defaults as shipped (worth-it, backoff 4)
+    "default": {},  # the accelerator's defaults as shipped (worth-it with a chain of 8, backoff 2)
     "no-floor": {"worth-it.floor": None},  # the default before worth-it declined unreachable drops unfitted
     "verify": {"fallback": "verify", "backoff": 0},  # the default until issue 15
     "verify-backoff6": {"fallback": "verify", "backoff": 6},

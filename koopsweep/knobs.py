@@ -64,7 +64,7 @@ KNOBS: dict[str, Knob] = {
              "weights of an EMA or schedule-free inner optimizer",
              choices=("last", "mean", "slow", "average")),  # fmt: skip
         Knob("burn_in", 0, "inner steps before the first snapshot", minimum=0),
-        Knob("backoff", 4, "after k rejected jumps in a row, wait 2**min(k, backoff) - 1 windows", minimum=0),
+        Knob("backoff", 2, "after k rejected jumps in a row, wait 2**min(k, backoff) - 1 windows", minimum=0),
         Knob("reset_state", "keep", "keep or reset the inner optimizer's state after an accepted jump",
              choices=("keep", "reset")),  # fmt: skip
         Knob("max_overhead", None, "wait after a rejected attempt until its wall-clock cost is at most this share of "

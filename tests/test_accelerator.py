@@ -191,10 +191,11 @@ class NeedsFive(Variant):
 
 
 class Spy(FallbackRule):
-    """Records what it is offered and rejects without evaluating (or accepts, with ``accept=True``)."""
+    """Records what it is offered and rejects without evaluating (or accepts, with ``accept=True``);
+    ``back_off=False`` marks its rejections as passing ones."""
 
     needs_closure = False
-    defaults = {"accept": False}
+    defaults = {"accept": False, "back_off": True}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -205,7 +206,9 @@ class Spy(FallbackRule):
         self.predictions.append(None if pred is None else [t.clone() for t in pred])
         if pred is None:
             return Decision.reject(jump.unusable_reason(jump.horizon))
-        return Decision.accept(pred, jump.horizon) if self.params["accept"] else Decision.reject("spy")
+        if self.params["accept"]:
+            return Decision.accept(pred, jump.horizon)
+        return Decision.reject("spy", back_off=self.params["back_off"])
 
 
 class Meddler(FallbackRule):
@@ -408,6 +411,25 @@ def test_backoff_doubles_the_wait_after_rejected_jumps_and_an_accepted_one_reset
     else:  # waits of 1, 3, then 3 windows (capped at 2**backoff - 1) before each window
         assert gaps == [window * 2] + [window * 4] * 4
     assert acc.backoff == backoff and f"backoff={backoff}" in repr(acc)
+
+
+def test_a_passing_rejection_neither_waits_nor_counts_towards_the_backoff():
+    window = 3
+    model = mlp()
+    rule = Spy(back_off=False)
+    acc = accelerator(torch.optim.SGD(model.parameters(), lr=0.1), Scaled(), window=window, horizon=4,
+                      fallback=rule, backoff=2)  # fmt: skip
+    attempts = []
+    for call, batch in enumerate(batches(40), start=1):
+        tried = acc.stats.jumps_tried
+        if call == 20:  # from here rejections back off again, counted from the first
+            rule.params["back_off"] = True
+        acc.step(mlp_closure(model, acc, batch))
+        if acc.stats.jumps_tried > tried:
+            attempts.append(call)
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert gaps[:5] == [window] * 5  # passing rejections: the next window starts at once
+    assert gaps[-2:] == [window * 2, window * 4]  # then waits of 1 and 3 windows, as after a first rejection
 
 
 def test_snapshot_counts():

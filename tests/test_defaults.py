@@ -19,7 +19,7 @@ def test_the_default_is_worth_it_with_backoff():
     model = mlp()
     acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2))
     assert isinstance(acc.fallback, WorthIt) and acc.fallback.params == WorthIt.defaults
-    assert acc.backoff == KNOBS["backoff"].default == 4
+    assert acc.backoff == KNOBS["backoff"].default == 2
     assert acc.max_overhead is None  # a run stays a function of its seed (max_overhead paces by timing)
     assert acc.window == 16 and acc.horizon == 100 and type(acc.variant).__name__ == "GlobalDMD"
 
@@ -27,7 +27,7 @@ def test_the_default_is_worth_it_with_backoff():
 def test_jumps_that_keep_failing_cost_no_more_than_their_checks_and_thin_out():
     """Every jump is far worse (noise added to the weights): the default keeps none, the run is the
     bare optimizer's bit for bit, each attempt costs at most one fit and one check, and the attempts
-    come ever further apart (2**min(k, 4) - 1 windows' wait after k rejections in a row)."""
+    come further apart (2**min(k, 2) - 1 windows' wait after k rejections in a row)."""
     steps, window = 400, 4
     data = batches(steps)
     bare, _, bare_losses = run_mlp(lambda p: torch.optim.Adam(p, lr=1e-2), data)
@@ -44,14 +44,15 @@ def test_jumps_that_keep_failing_cost_no_more_than_their_checks_and_thin_out():
     assert stats.jumps_accepted == 0
     assert_same_params(bare, model)
     assert all(torch.equal(a, b) for a, b in zip(bare_losses, losses))
-    # One check per fit, and the first attempt (measuring) fits nothing.
-    assert stats.rejections.get("measuring") == 1
-    assert stats.fits <= stats.jumps_tried - 1
+    # One check per fit, and the attempts declined from the loss curve alone (the noisy minibatch curve:
+    # not descending, not smooth) fit nothing.
+    assert stats.rejections.get("not-descending", 0) + stats.rejections.get("not-smooth", 0) >= 1
+    assert stats.fits == stats.rejections.get("loss-increased") <= stats.jumps_tried - 1
     assert stats.evaluations - stats.jumps_tried <= stats.fits  # loss_before is the inner step's own
-    # The wait doubles up to 15 windows: 400 steps hold at most a dozen attempts, not 400 / 4 = 100.
-    assert gaps[1:5] == [2 * window, 4 * window, 8 * window, 16 * window]
-    assert all(g == 16 * window for g in gaps[5:])
-    assert stats.jumps_tried <= 12
+    # The wait doubles up to 3 windows: 400 steps hold about 26 attempts, not 400 / 4 = 100.
+    assert gaps[1:3] == [2 * window, 4 * window]
+    assert all(g == 4 * window for g in gaps[3:])
+    assert stats.jumps_tried <= 400 // (4 * window) + 2
 
 
 def test_jumps_worth_their_horizon_are_still_taken():
@@ -63,7 +64,7 @@ def test_jumps_worth_their_horizon_are_still_taken():
     model, acc, losses = run_mlp(sgd, data, wrap=lambda opt: KoopmanAccelerator(opt, Scaled(), window=8, horizon=40))
     assert acc.stats.jumps_accepted >= 1
     assert losses[-1].item() < bare_losses[-1].item()
-    assert acc.stats.rejections.get("measuring") == 1
+    assert "measuring" not in acc.stats.rejections  # the window's own loss curve gives the first rate
 
 
 class SlowFit(Filled):

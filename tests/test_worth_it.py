@@ -1,5 +1,6 @@
 """The `worth-it` fallback rule: a jump of h steps is kept only when its loss drop is worth ``worth``
-times what plain training's own rate (measured between two attempts) would give over h steps."""
+times what plain training's own rate (read from the window's loss curve, or between two attempts)
+would give over h steps; for ``chain`` attempts after a kept jump, any drop is kept."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from test_fallbacks import FakeProposal, horizon_of
 from koopsweep import KoopmanAccelerator, plugins
 from koopsweep.errors import ParameterError
 from koopsweep.fallbacks import FallbackRule, Verify, WorthIt
+from koopsweep.fallbacks._worth import window_trend
 
 
 def proposal(horizon=10, *, before, loss, steps=20, unusable=None):
@@ -26,7 +28,8 @@ def test_registered_and_validated():
     plugins.validate("fallbacks", WorthIt)
     assert set(WorthIt.search_space()) <= set(WorthIt.defaults)
     for bad in ({"worth": -0.1}, {"worth": math.inf}, {"worth": True}, {"tol": -1.0}, {"floor": math.nan},
-                {"floor": "0"}, {"smoothness": 1.5}, {"smoothness": -0.1}, {"smoothness": None}):
+                {"floor": "0"}, {"smoothness": 1.5}, {"smoothness": -0.1}, {"smoothness": None}, {"chain": -1},
+                {"chain": 1.5}, {"chain": True}):
         with pytest.raises(ParameterError, match=next(iter(bad))):
             WorthIt(**bad)
 
@@ -35,7 +38,7 @@ def test_the_first_attempt_only_measures_and_costs_no_check():
     rule = WorthIt()
     jump = proposal(before=1.0, loss=0.1)
     decision = rule.decide(jump)
-    assert not decision.accepted and decision.reason == "measuring"
+    assert not decision.accepted and decision.reason == "measuring" and not decision.back_off
     assert jump.evaluated() == [] and jump.asked_before()  # loss_before's gradients serve the next step
     assert rule.loss_after == 1.0
 
@@ -65,6 +68,7 @@ def test_no_jump_while_the_loss_is_not_falling_and_a_higher_loss_is_never_kept()
     flat = proposal(before=0.85, loss=0.1)  # the loss rose between attempts: nothing to extrapolate
     decision = rule.decide(flat)
     assert decision.reason == "not-descending" and flat.evaluated() == []
+    assert decision.back_off  # a flat stretch is no passing matter: the backoff counts it
     rule.loss_after = 1.0
     assert rule.decide(proposal(before=0.8, loss=0.9)).reason == "loss-increased"
     rule.loss_after = 1.0
@@ -79,6 +83,7 @@ def test_a_drop_below_the_floor_is_unreachable_and_costs_no_fit():
     jump = proposal(horizon=100, before=0.3, loss=0.0)
     decision = rule.decide(jump)
     assert decision.reason == "unreachable" and jump.evaluated() == [] and ("predict", 100) not in jump.log
+    assert not decision.back_off  # a passing decline: the accelerator tries again at the next window
     assert rule.loss_after == 0.3
     # The same attempt is judged (and kept: it drops 0.3 + 0.25 >= 0.5) with no bound, or one far enough down.
     for floor in (None, -1.0):
@@ -96,7 +101,8 @@ def test_a_drop_below_the_floor_is_unreachable_and_costs_no_fit():
 
 
 def test_a_loss_curve_that_is_not_smooth_gates_the_jump_off_before_the_fit():
-    noisy = [1.0, 0.7, 0.95, 0.6, 0.9, 0.55]  # falls 0.45 over a total variation of 1.75
+    # Minibatch noise, rough at every lag: smoothness 0.31 read every step, 0.43 every other step.
+    noisy = [1.0, 0.7, 0.95, 0.9, 0.6, 0.85, 0.55]
     smooth = [1.0, 0.9, 0.82, 0.76, 0.71, 0.67]  # monotone: falls by its whole variation
     for curve, threshold, gated in ((noisy, 0.5, True), (noisy, 0.25, False), (smooth, 0.5, False),
                                     (smooth, 1.0, False), (noisy, 0.0, False), (None, 0.5, False), ([1.0, 2.0], 0.5, False)):  # fmt: skip
@@ -128,6 +134,7 @@ def test_the_window_losses_are_what_each_inner_step_returned():
             from koopsweep.fallbacks import Decision
 
             self.curves.append(jump.window_losses)
+            jump.predict(jump.horizon)  # a fitted attempt: a rejection backs off
             return Decision.reject("recorded")
 
     def make(model, rule):
@@ -194,15 +201,15 @@ def test_an_unusable_prediction_costs_no_check_and_the_measurement_goes_on():
 
 
 def test_attempts_declined_from_the_rate_alone_fit_nothing():
-    """The variant is fitted only when the rule asks for a prediction: the first attempt (measuring),
-    attempts after a stretch where the loss rose, over a curve that is not smooth, or with a drop out of
-    reach cost no fit; the others fit once each."""
+    """The variant is fitted only when the rule asks for a prediction: attempts after a stretch where the
+    loss rose, over a curve that is not smooth, or with a drop out of reach cost no fit; the others fit
+    once each. The window's loss curve gives a rate from the first attempt on: none only measures."""
     model = mlp()
     acc = KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=1e-2), Scaled(), window=3, horizon=4,
                              fallback="worth-it", backoff=0, max_overhead=None)  # fmt: skip
     for batch in batches(4):  # one window and the first attempt
         acc.step(mlp_closure(model, acc, batch))
-    assert acc.stats.jumps_tried == 1 and acc.stats.rejections == {"measuring": 1} and acc.stats.fits == 0
+    assert acc.stats.jumps_tried == 1 and "measuring" not in acc.stats.rejections
     for batch in batches(40)[4:]:
         acc.step(mlp_closure(model, acc, batch))
     stats = acc.stats
@@ -221,19 +228,23 @@ def test_worth_zero_judges_as_verify_does():
 
 
 class Recorder(FallbackRule):
-    """Rejects every jump, recording the steps since the previous attempt it was offered."""
+    """Rejects every jump after fitting it (an attempt that cost something), recording the steps since
+    the previous attempt it was offered; ``free``: rejects before any fit instead."""
 
     needs_closure = False
     defaults: dict = {}
 
-    def __init__(self, **params):
+    def __init__(self, free=False, **params):
         super().__init__(**params)
         self.gaps: list[int] = []
+        self.free = free
 
     def decide(self, jump):
         from koopsweep.fallbacks import Decision
 
         self.gaps.append(jump.steps_since_last_attempt)
+        if not self.free:
+            jump.predict(jump.horizon)
         return Decision.reject("recorded")
 
 
@@ -253,6 +264,49 @@ def test_the_accelerator_offers_the_steps_since_the_last_attempt(stride, backoff
         assert rule.gaps[:4] == [first, 2 * window_steps, 4 * window_steps, 4 * window_steps]
 
 
+def test_window_trend_reads_through_a_period_two_flip():
+    # Full-batch Adadelta at the edge of stability: high and low losses alternate while both halves fall.
+    flip = [1.0, 0.5, 0.98, 0.49, 0.96, 0.48, 0.94, 0.47]
+    trend = window_trend(flip)
+    assert trend.lag == 2 and trend.smoothness == pytest.approx(1.0)
+    assert trend.rate == pytest.approx(sum(a - b for a, b in zip(flip, flip[2:])) / (2 * 6))
+    assert window_trend([1.0, 0.9, 0.8, 0.7, 0.6]).lag == 1  # a monotone curve: every step (the first on a tie)
+    assert window_trend([1.0, 0.9]) is None and window_trend(None) is None
+    broken = window_trend([1.0, math.nan, 0.8, 0.7])
+    assert math.isnan(broken.rate) and broken.smoothness == -math.inf
+    # A flip is no reason to decline (0.02 a step: a 10-step jump must drop 0.1); a non-finite loss is.
+    assert WorthIt().decide(windowed(flip, before=0.47, loss=0.3)).accepted
+    assert WorthIt().decide(windowed([1.0, math.inf, 0.7], before=0.7, loss=0.3)).reason == "not-descending"
+
+
+def windowed(curve, *, before, loss, horizon=10):
+    jump = FakeProposal(horizon, before=before, default_loss=loss, window_losses=curve)
+    jump.steps_since_last_attempt = len(curve)
+    return jump
+
+
+def test_after_a_kept_jump_the_chain_judges_as_verify_does():
+    rising = [0.70, 0.72, 0.75, 0.78]  # the loss relaxing upwards after a jump
+    rule = WorthIt(chain=2)
+    assert rule.decide(windowed(rising, before=0.78, loss=0.5)).reason == "not-descending"
+    falling = [1.0, 0.9, 0.82, 0.76]  # 0.08 a step: a 10-step jump must drop 0.4
+    assert rule.decide(windowed(falling, before=0.76, loss=0.3)).reason == "worth-it"
+    # Now a rising window's jump is tried, and any drop is kept; each kept jump starts the count again.
+    for _ in range(3):
+        jump = windowed(rising, before=0.78, loss=0.77)
+        decision = rule.decide(jump)
+        assert decision.reason == "chained" and jump.evaluated() == [10]
+    assert rule.decide(windowed(rising, before=0.78, loss=0.79)).reason == "loss-increased"
+    assert rule.decide(windowed(rising, before=0.78, loss=0.9)).reason == "loss-increased"
+    # Two attempts in a row kept nothing: the chain is over, and the rate rule judges again (no fit).
+    jump = windowed(rising, before=0.78, loss=0.5)
+    assert rule.decide(jump).reason == "not-descending" and jump.evaluated() == []
+    # chain=0: never.
+    rule = WorthIt(chain=0)
+    assert rule.decide(windowed(falling, before=0.76, loss=0.3)).accepted
+    assert rule.decide(windowed(rising, before=0.78, loss=0.5)).reason == "not-descending"
+
+
 def test_state_dict_keeps_what_the_rule_measured():
     def make(model):
         return KoopmanAccelerator(torch.optim.Adam(model.parameters(), lr=2e-2), Scaled(factor=0.5), window=3,
@@ -267,6 +321,7 @@ def test_state_dict_keeps_what_the_rule_measured():
     assert acc.fallback.loss_after is not None
     _resume(model, acc, resumed_model, resumed)
     assert resumed.fallback.loss_after == acc.fallback.loss_after
+    assert resumed.fallback.since_kept == acc.fallback.since_kept
     for batch in data[13:]:
         acc.step(mlp_closure(model, acc, batch))
         resumed.step(mlp_closure(resumed_model, resumed, batch))

@@ -99,7 +99,9 @@ class KoopmanAccelerator:
         burn_in: inner steps before snapshots start being recorded.
         backoff: after ``k`` rejected jumps in a row, wait ``2**min(k, backoff) - 1`` windows' worth of
             inner steps before recording the next window, so that a trajectory whose jumps keep failing
-            costs fewer fits and checks; an accepted jump resets the wait (0, the default: no backoff).
+            costs fewer fits and checks; an accepted jump resets the wait, and a rejection the rule marks
+            as passing (``Decision.back_off=False``) neither counts nor waits (default 2: at most 3
+            windows; 0: try every window).
         reset_state: ``"keep"`` or ``"reset"`` the inner optimizer's per-parameter state after an accepted
             jump.
         max_jump_ratio: if set, scale a jump down so its norm is at most this many times the naive linear
@@ -471,9 +473,12 @@ class KoopmanAccelerator:
         self._loop.cycle_steps = 0
         self._window_losses = []
         self._loop.last_attempt_step = stats.inner_steps
-        self._loop.rejected_in_a_row = 0 if accepted else self._loop.rejected_in_a_row + 1
+        if accepted:
+            self._loop.rejected_in_a_row = 0
+        elif decision.back_off:
+            self._loop.rejected_in_a_row += 1
         if self._backoff:
-            doublings = min(self._loop.rejected_in_a_row, self._backoff)
+            doublings = min(self._loop.rejected_in_a_row, self._backoff) if decision.back_off else 0
             self._loop.wait_steps = (2**doublings - 1) * self._window * self._stride
         if self._max_overhead is not None:
             self._pay_for_attempt(started, attempt_s, proposal.steps_since_last_attempt, accepted, reused)

@@ -79,11 +79,14 @@ class JumpProposal(Protocol):
 class Decision:
     """A rule's verdict: ``params`` to keep (None rejects the jump), the horizon they correspond to
     (0 when rejected), and a short reason. The accelerator counts the reasons of rejected jumps in
-    ``stats.rejections``; the reason of an accepted one is informative only."""
+    ``stats.rejections``; the reason of an accepted one is informative only. ``back_off=False`` marks a
+    rejection for a passing reason (the next window may well pass): the accelerator's backoff neither
+    counts it nor waits after it."""
 
     params: list[torch.Tensor] | None
     horizon: int
     reason: str
+    back_off: bool = True
 
     @property
     def accepted(self) -> bool:
@@ -94,8 +97,8 @@ class Decision:
         return cls(params, horizon, reason)
 
     @classmethod
-    def reject(cls, reason: str) -> Decision:
-        return cls(None, 0, reason)
+    def reject(cls, reason: str, back_off: bool = True) -> Decision:
+        return cls(None, 0, reason, back_off)
 
 
 class FallbackRule(Configurable, abc.ABC):
