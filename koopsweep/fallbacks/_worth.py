@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, ClassVar
 
 from koopsweep._params import require
 from koopsweep.fallbacks._base import Decision, FallbackRule, JumpProposal
-from koopsweep.fallbacks._rules import _check_tol, _tol_space, _unusable, passes
+from koopsweep.fallbacks._rules import _check_int, _check_tol, _tol_space, _unusable, passes
 
 
 #: Lags at which `window_trend` reads a loss curve: every step, and every other step, which sees through
@@ -139,10 +139,7 @@ class WorthIt(FallbackRule):
         ok = floor is None or (isinstance(floor, Real) and not isinstance(floor, bool) and math.isfinite(floor))
         require(ok, self, "floor", floor, "None or a finite number (a lower bound on the loss)")
         self.params["floor"] = None if floor is None else float(floor)
-        chain = self.params["chain"]
-        ok = isinstance(chain, Integral) and not isinstance(chain, bool) and chain >= 0
-        require(ok, self, "chain", chain, "an integer >= 0 (attempts judged as verify after a kept jump; 0: none)")
-        self.params["chain"] = int(chain)
+        _check_int(self, "chain", 0)
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         return {"loss_after": self.loss_after, "since_kept": self.since_kept}
