@@ -48,10 +48,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from koopsweep._params import require
-from koopsweep.tasks._common import CachedTask, generator, is_int, is_number, mlp
+from koopsweep.tasks._common import generator, is_int, is_number, mlp
+from koopsweep.tasks._scientific import SizedTask, derivative, frozen, relative_l2
 
 #: The (t, x) grid of the reference solution: 100 times in [0, 1] by 256 positions in [−1, 1], the
 #: resolution of Raissi et al.'s published data set.
@@ -154,10 +154,9 @@ def physics_loss(
     its graph (u_xx differentiates it again); ``create_graph`` says whether the second one does too.
     """
     u = u_of(interior)
-    (du,) = torch.autograd.grad(u, interior, torch.ones_like(u), create_graph=True)
+    du = derivative(u, interior)
     u_t, u_x = du[:, :1], du[:, 1:]
-    (du_x,) = torch.autograd.grad(u_x, interior, torch.ones_like(u_x), create_graph=create_graph)
-    u_xx = du_x[:, 1:]
+    u_xx = derivative(u_x, interior, create_graph=create_graph)[:, 1:]
     residual = u_t + u * u_x - nu * u_xx
     misfit = u_of(boundary) - target
     return residual.square().mean() + boundary_weight * misfit.square().mean()
@@ -188,7 +187,7 @@ def collocation_points(
 # The task
 
 
-class PINNBurgers(CachedTask):
+class PINNBurgers(SizedTask):
     """Solve viscous Burgers with a physics-informed tanh MLP on fixed collocation points (no data).
 
     Parameters (None = the value of the ``size`` preset):
@@ -232,12 +231,12 @@ class PINNBurgers(CachedTask):
         "data_seed": 0,
     }
 
+    presets = PRESETS
+    knob_minimums: ClassVar[dict[str, int]] = {"hidden": 1, "depth": 1, "n_interior": 1, "n_boundary": 4, "n_eval": 5}
+
     def validate_params(self) -> None:
+        super().validate_params()
         p = self.params
-        require(p["size"] in PRESETS, self, "size", p["size"], f"one of {', '.join(map(repr, PRESETS))}")
-        for name, low in (("hidden", 1), ("depth", 1), ("n_interior", 1), ("n_boundary", 4), ("n_eval", 5)):
-            value = p[name]
-            require(value is None or (is_int(value) and value >= low), self, name, value, f"None or an int >= {low}")
         require(is_number(p["nu"]) and p["nu"] >= MIN_NU, self, "nu", p["nu"], f"a number >= {MIN_NU:g}")
         require(
             is_number(p["boundary_weight"]) and p["boundary_weight"] > 0,
@@ -247,11 +246,6 @@ class PINNBurgers(CachedTask):
             "a positive number",
         )
         require(is_int(p["data_seed"]) and p["data_seed"] >= 0, self, "data_seed", p["data_seed"], "an int >= 0")
-
-    def knob(self, name: str) -> int:
-        """The effective value of ``name``: the explicit parameter, else the size preset's."""
-        value = self.params[name]
-        return PRESETS[self.params["size"]][name] if value is None else value
 
     def _make_data(self) -> dict[str, torch.Tensor]:
         n_eval = self.knob("n_eval")
@@ -301,14 +295,10 @@ class PINNBurgers(CachedTask):
     def eval_loss(self, model: nn.Module, device: torch.device) -> float:
         data = self._on(device)
         points = data["eval_interior"].detach().requires_grad_(True)
-        # Detached parameters: autograd runs w.r.t. the points only, builds no graph to the weights and
-        # touches no .grad.
-        params = {name: value.detach() for name, value in model.named_parameters()}
-        params.update(model.named_buffers())
         p = self.params
-        with torch.enable_grad():
+        with torch.enable_grad():  # frozen weights: autograd reaches the points only
             loss = physics_loss(
-                lambda tx: functional_call(model, params, (tx,)),
+                frozen(model),
                 points,
                 data["eval_boundary"],
                 data["eval_target"],
@@ -325,9 +315,7 @@ class PINNBurgers(CachedTask):
         """||u_net − u_ref|| / ||u_ref|| on the 100 x 256 reference grid."""
         data = self._on(device)
         with torch.no_grad():
-            u = model(data["ref_grid"])
-            error = torch.linalg.vector_norm(u - data["ref_u"]) / torch.linalg.vector_norm(data["ref_u"])
-        return float(error)
+            return relative_l2(model(data["ref_grid"]), data["ref_u"])
 
 
 __all__ = ["PINNBurgers", "BurgersNet", "cole_hopf", "collocation_points", "physics_loss", "reference_solution"]
