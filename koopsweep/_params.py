@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Mapping
+from numbers import Real
 from typing import Any, ClassVar
 
 from koopsweep.errors import ParameterError
@@ -112,6 +114,16 @@ def instantiate(cls: type, params: Mapping[str, Any] | None = None) -> Any:
     except (TypeError, ValueError) as exc:
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
         raise ParameterError(f"{cls.__name__}({shown}) raised {type(exc).__name__}: {exc}") from exc
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite real number that is not a bool (ints, floats, NumPy scalars)."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def require(condition: bool, owner: object, name: str, value: Any, expected: str) -> None:

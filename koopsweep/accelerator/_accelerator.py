@@ -20,7 +20,9 @@ Horizons are counted in inner optimizer steps. The variant sees one time step pe
 and the recorded effective horizon is that count times ``stride``.
 
 Learning-rate schedulers need a real ``torch.optim.Optimizer``: give them ``accelerator.optimizer``.
-Optimizers that call the closure more than once per step (L-BFGS) are not supported.
+An optimizer that calls the closure several times per step at weights of its own choosing (L-BFGS)
+always gets the real closure, and its state is cleared after an accepted jump; an optimizer may also ask
+for no jumps for a while (adam-lbfgs in its L-BFGS phase): see `koopsweep.optimizers._base`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from koopsweep.accelerator._tensors import _foreach_copy, _global_norm
 from koopsweep.errors import ParameterError, PluginValidationError, UsageError
 from koopsweep.fallbacks._base import Decision, FallbackRule
 from koopsweep.knobs import KNOBS
+from koopsweep.optimizers._base import reevaluates_closure, takes_jumps
 from koopsweep.optimizers._preconditioner import check_adam_like, preconditioner_roots
 from koopsweep.optimizers._trajectory import AveragedPoint, SlowWeights, averaged_point, slow_weights
 from koopsweep.variants._base import Variant
@@ -401,6 +404,14 @@ class KoopmanAccelerator:
                 "evaluates the loss; pass step(closure) with a closure that zeroes the gradients, computes the "
                 "loss, calls backward() and returns the loss, or use fallback='none'"
             )
+        if not takes_jumps(self.optimizer):
+            # The optimizer asks for no jumps now: step it plainly; a window started before it asked
+            # would straddle the change, so it is dropped.
+            self._loop.filled = self._loop.cycle_steps = 0
+            self._window_losses = []
+            loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+            self.stats.inner_steps += 1
+            return loss
         if self._loop.filled >= self._window:
             return self._jump_step(closure, check)
         if self._clock_at_last_attempt is None and self._max_overhead is not None:
@@ -439,7 +450,8 @@ class KoopmanAccelerator:
         if accepted:
             stats.jumps_accepted += 1
             stats.accepted_horizon_total += self.effective_horizon(int(decision.horizon))
-            if self._reset_state == "reset":
+            replays = not reevaluates_closure(self.optimizer)  # may it step on a cached evaluation?
+            if self._reset_state == "reset" or not replays:
                 self.optimizer.state.clear()  # torch optimizers re-initialise state lazily, per parameter
             if self._slow is not None:
                 with torch.no_grad():  # the outer loop continues from the jump (its momentum is kept)
@@ -447,7 +459,7 @@ class KoopmanAccelerator:
             landing = decision.params  # the weights the model trains on from here
             if self._average is not None:  # judged where it landed, the average included
                 landing = self._average.land(decision.params, origin)
-            if proposal.holds_gradients_of(landing):
+            if replays and proposal.holds_gradients_of(landing):
                 # The rule's last evaluation was at exactly these weights: its gradients are in .grad, and
                 # that evaluation is this step's gradient computation.
                 cached = proposal.last_loss
@@ -461,7 +473,7 @@ class KoopmanAccelerator:
         else:
             reason = str(decision.reason)
             stats.rejections[reason] = stats.rejections.get(reason, 0) + 1
-            reused = proposal.restore()
+            reused = proposal.restore() and not reevaluates_closure(self.optimizer)
             if reused:
                 # Weights restored bit for bit, and the gradients measured there by loss_before.
                 cached = proposal.loss_before_raw

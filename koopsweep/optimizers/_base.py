@@ -57,3 +57,22 @@ class OptimizerPlugin(Configurable, abc.ABC):
         schedule-free evaluation point), and after which training continues exactly where it was, bit
         for bit. ``optimizer`` is one this plugin built. The default judges the weights as they are."""
         yield
+
+
+def reevaluates_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """True when ``optimizer.step(closure)`` may call the closure several times at weights it chooses
+    itself (L-BFGS's line search). `KoopmanAccelerator` then never hands it a closure that returns a
+    cached evaluation, and clears its state after an accepted jump (curvature pairs measured where the
+    jump left would mislead it). An optimizer says so with a ``reevaluates_closure`` attribute (which may
+    change as it trains, as adam-lbfgs's does at its switch); ``torch.optim.LBFGS`` always does."""
+    import torch
+
+    flag = getattr(optimizer, "reevaluates_closure", None)
+    return bool(flag) if flag is not None else isinstance(optimizer, torch.optim.LBFGS)
+
+
+def takes_jumps(optimizer: torch.optim.Optimizer) -> bool:
+    """False while an optimizer asks `KoopmanAccelerator` not to jump (its ``takes_jumps`` attribute;
+    adam-lbfgs sets it during its L-BFGS phase): the accelerator then steps it plainly and records no
+    snapshots. True for every other optimizer."""
+    return bool(getattr(optimizer, "takes_jumps", True))

@@ -9,33 +9,27 @@ sweep that also tuned an inner optimizer's betas would credit the accelerator wi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
-from numbers import Real
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from koopsweep._params import require
+from koopsweep._params import is_number, require
 from koopsweep.optimizers._base import OptimizerPlugin
 
 if TYPE_CHECKING:
     import torch
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 #: What each shared parameter name may hold, and how to say so.
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "beta1": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "beta2": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "alpha": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "rho": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "eps": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "lr_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "momentum_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "beta1": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "beta2": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "momentum": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "alpha": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "rho": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "eps": (lambda v: is_number(v) and v > 0, "a number > 0"),
+    "weight_decay": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    "lr_decay": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    "momentum_decay": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
     "nesterov": (lambda v: isinstance(v, bool), "true or false"),
 }
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from koopsweep._params import require
+from koopsweep._params import is_int, is_number, require
 from koopsweep.tasks._base import Task
 
 # --------------------------------------------------------------------------------------------------
@@ -104,14 +104,6 @@ def valid_hidden(value: Any) -> bool:
     if is_int(value):
         return value > 0
     return isinstance(value, (list, tuple)) and len(value) > 0 and all(is_int(v) and v > 0 for v in value)
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --------------------------------------------------------------------------------------------------
