@@ -1,7 +1,8 @@
 """The best accelerated configuration against the best baseline, at the same target loss.
 
     OMP_NUM_THREADS=1 python benchmarks/best_vs_best.py --out DIR [--task NAME ...] [--seeds 5]
-        [--configs default|slow-weights|averaged|schedule-free] [--figures DIR] [--summarize]
+        [--configs default|slow-weights|averaged|schedule-free|scientific] [--baselines a,b,...]
+        [--budget N] [--figures DIR] [--summarize]
 
 `koopsweep bench` pairs an accelerated run with its own inner optimizer. This asks the harder question:
 against whichever of Adam, Adadelta, SGD (momentum 0.9) and Adagrad, each at the task's tuned rate
@@ -17,6 +18,9 @@ weights and batch stream:
    (the time cap can end it before the budget);
 3. speedup = the best baseline's time to the target / the accelerated run's time to it (an upper bound,
    best time / time it ran, when it never got there; the "reached" share says how often).
+4. with ``--configs scientific`` every run also records the task's relative L2 error against the known
+   solution at every checkpoint (clock stopped), and each run's error at the best baseline's time to the
+   target is reported beside the speedups: the error metric at equal wall-clock time.
 
 The runs of a seed advance interleaved, one evaluation interval each in turn (`koopsweep.pairing`), so
 that a change of load on a shared machine lands on all of them alike (docs/best-vs-best.md's tables were
@@ -78,6 +82,8 @@ class Accelerated:
     @property
     def label(self) -> str:
         on = {"slow": "slow weights of ", "average": "average of "}.get(self.config.snapshot, "")
+        if not self.params:
+            return f"default on {on}{self.optimizer}"  # the untouched KoopmanAccelerator(inner)
         return f"{self.variant}+{self.config.fallback} on {on}{self.optimizer}"
 
 
@@ -131,12 +137,38 @@ SCHEDULE_FREE_CONFIGS: dict[str, list[Accelerated]] = {
     ]
     for task in ("teacher-student", "hnn-oscillator")
 }
+#: The scientific-ML family (issue 27): every variant on Adam, the PINN form, and the untouched default
+#: (dmd-global, worth-it) on Adam, on L-BFGS and on adam-lbfgs's Adam phase; raced against
+#: `SCIENTIFIC_BASELINES`, with the error against the known solution recorded at every checkpoint.
+SCIENTIFIC_TASKS = ("pinn-burgers", "pinn-allen-cahn", "pinn-helmholtz", "neural-ode")
+SCIENTIFIC_BASELINES = ["adam", "adamw", "muon", "lbfgs", "adam-lbfgs"]
+SCIENTIFIC_CONFIGS: dict[str, list[Accelerated]] = {
+    task: [*(Accelerated(v, FULL_BATCH_FORM, "adam") for v in ALL_VARIANTS),
+           *(Accelerated("dmd-global", {}, inner) for inner in ("adam", "lbfgs", "adam-lbfgs"))]  # fmt: skip
+    for task in SCIENTIFIC_TASKS
+}
+
 CONFIG_SETS = {"default": DEFAULT_CONFIGS, "slow-weights": SLOW_WEIGHT_CONFIGS, "averaged": AVERAGED_CONFIGS,
-               "schedule-free": SCHEDULE_FREE_CONFIGS}  # fmt: skip
+               "schedule-free": SCHEDULE_FREE_CONFIGS, "scientific": SCIENTIFIC_CONFIGS}  # fmt: skip
+#: The baselines a configuration set races against unless ``--baselines`` says otherwise.
+SET_BASELINES = {"scientific": SCIENTIFIC_BASELINES}
+#: The metric read at equal time where a task reports it (`Task.eval_metrics`).
+ERROR_METRIC = "relative_l2_error"
 
 
 def _curve(run: RunResult) -> list[list[float]]:
-    return [[p.step, p.time_s, p.loss] for p in run.curve]
+    """``[step, seconds, loss]`` per checkpoint, and the error metric fourth where it was recorded."""
+    return [[p.step, p.time_s, p.loss, *([p.metrics[ERROR_METRIC]] if ERROR_METRIC in p.metrics else [])]
+            for p in run.curve]  # fmt: skip
+
+
+def error_at(curve: list[list[float]], seconds: float) -> float | None:
+    """The error metric at the last checkpoint at or before ``seconds`` of training (the first one if
+    none is), or None where the curve has none: each run judged at the same wall-clock time."""
+    if not curve or len(curve[0]) < 4:
+        return None
+    before = [point for point in curve if point[1] <= seconds]
+    return (before[-1] if before else curve[0])[3]
 
 
 def _run_record(run: RunResult, target: float, accelerated: bool) -> dict[str, Any]:
@@ -165,14 +197,15 @@ def _run_record(run: RunResult, target: float, accelerated: bool) -> dict[str, A
 
 
 def measure_seed(task, accelerated: list[Accelerated], seed: int, *, baselines: list[str], budget: int,
-                 cap_factor: float, device: torch.device, schedule: Schedule) -> dict[str, Any]:  # fmt: skip
+                 cap_factor: float, device: torch.device, schedule: Schedule,
+                 checkpoint_metrics: bool = False) -> dict[str, Any]:  # fmt: skip
     """All baselines and accelerated runs of one seed, paired by `koopsweep.pairing.run_paired`
     (interleaved); the accelerated runs train at least the budget."""
     plain = [Side(name, name, learning_rate(task, name)[0]) for name in baselines]
     jumping = [Side(acc.label, acc.optimizer, learning_rate(task, acc.optimizer)[0], acc.optimizer_params, acc.config)
                for acc in accelerated]  # fmt: skip
     pair = run_paired(task, plain, jumping, seed=seed, device=device, budget=budget, schedule=schedule,
-                      cap_factor=cap_factor, min_steps=budget)  # fmt: skip
+                      cap_factor=cap_factor, min_steps=budget, checkpoint_metrics=checkpoint_metrics)  # fmt: skip
     if not math.isfinite(pair.target):
         raise KoopsweepError(f"seed {seed}: every baseline diverged; no target to measure against")
     baselines, finished, order = pair.baselines, pair.accelerated, pair.order
@@ -183,6 +216,8 @@ def measure_seed(task, accelerated: list[Accelerated], seed: int, *, baselines: 
     target, best, best_time = goal["target"], goal["best"], goal["best_time"]
     runs = {name: _run_record(run, target, False) for name, run in baselines.items()}
     runs.update({name: _run_record(run, target, True) for name, run in finished.items()})
+    for record in runs.values():  # every run judged at the best baseline's time to the target
+        record["error_at_best_time"] = error_at(record["curve"], best_time)
     speedups = {}
     for acc in accelerated:
         record = runs[acc.label]
@@ -222,6 +257,11 @@ def _lowest(run: dict[str, Any]) -> float:
     return min(point[2] for point in run["curve"])
 
 
+def _error_quartiles(seeds: list[dict[str, Any]], label: str) -> tuple[float, float, float] | None:
+    """Quartiles over seeds of a run's error metric at the best baseline's time (None where not recorded)."""
+    return _quartiles([e for s in seeds if (e := s["runs"][label].get("error_at_best_time")) is not None])
+
+
 def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
     """Medians and quartiles over seeds. A seed where an accelerated run did not reach the target enters
     its speedup quartiles with its upper bound, as `koopsweep bench` does; "reached" says how often."""
@@ -237,6 +277,7 @@ def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
             "steps_to_target": median([s["runs"][name]["steps_to_target"] for s in seeds]),
             "lowest_over_target": statistics.median(_lowest(s["runs"][name]) / s["target_loss"] for s in seeds),
             "seconds_per_step": statistics.median(s["runs"][name]["time_s"] / s["runs"][name]["steps"] for s in seeds),
+            "error_at_best_time": _error_quartiles(seeds, name),
         }
     accelerated = {}
     for label in labels:
@@ -256,6 +297,7 @@ def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
             "vs_inner_own_target_steps": _quartiles([x["vs_inner_own_target"]["step_speedup"] for x in sp
                                                      if x.get("vs_inner_own_target", {}).get("step_speedup") is not None]),
             "acceptance_rate": statistics.median(s["runs"][label]["acceptance_rate"] for s in seeds),
+            "error_at_best_time": _error_quartiles(seeds, label),
         }
     return {
         "best_baseline_time_s": _quartiles([s["best_baseline_time_s"] for s in seeds]),
@@ -267,8 +309,10 @@ def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
 
 def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, baselines: list[str] | None = None,
             budget: int | None = None, cap_factor: float = 2.0, device: str = "cpu",
-            task_params: dict[str, Any] | None = None, on_progress=None) -> dict[str, Any]:  # fmt: skip
-    """The whole measurement of one task: every seed, then the summary. Returns the JSON-ready report."""
+            task_params: dict[str, Any] | None = None, on_progress=None,
+            checkpoint_metrics: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The whole measurement of one task: every seed, then the summary. Returns the JSON-ready report.
+    ``checkpoint_metrics``: record the task's error metric at every checkpoint (for the error at equal time)."""
     task_cls = plugins.load_task(task_name)
     task = plugins.instantiate(task_cls, task_params)
     dev = resolve_device(device)
@@ -283,7 +327,8 @@ def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, basel
     per_seed = []
     for seed in range(seeds):
         per_seed.append(measure_seed(task, accelerated, seed, baselines=baselines, budget=budget,
-                                     cap_factor=cap_factor, device=dev, schedule=schedule))  # fmt: skip
+                                     cap_factor=cap_factor, device=dev, schedule=schedule,
+                                     checkpoint_metrics=checkpoint_metrics))  # fmt: skip
         if on_progress:
             on_progress(f"{task_name} seed {seed}: best baseline {per_seed[-1]['best_baseline']}")
     labels = [a.label for a in accelerated]
@@ -354,19 +399,19 @@ def tables(report: dict[str, Any]) -> str:
     lines = [
         f"### {s['task']} (budget {s['budget']}, {n} seeds, target {_fmt_q(summ['target_loss'], digits=4)})",
         "",
-        "| baseline | lr | time to target s, median (quartiles) | steps to target | reached | first on | lowest loss / target | ms/step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| baseline | lr | time to target s, median (quartiles) | steps to target | reached | first on | lowest loss / target | ms/step | error at best's time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, b in summ["baselines"].items():
         lines.append(f"| {name} | {s['baselines'][name]:g} | {_fmt_q(b['time_to_target_s'])} | {_fmt_steps(b['steps_to_target'])} | "
                      f"{b['reached_fraction']:.0%} | {b['best_count']}/{n} seeds | {b['lowest_over_target']:.2f} | "
-                     f"{b['seconds_per_step'] * 1e3:.2f} |")  # fmt: skip
+                     f"{b['seconds_per_step'] * 1e3:.2f} | {_fmt_q(b.get('error_at_best_time'), digits=3)} |")  # fmt: skip
     lines += [
         "",
         "| accelerated | time to target s | steps to target | speedup vs best baseline, median (quartiles) | reached | "
         "vs own inner optimizer | vs inner at its own final loss (in steps), reached | lowest loss / target | "
-        "accepted | ms/step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "accepted | ms/step | error at best's time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, a in summ["accelerated"].items():
         inner = f"{_fmt_q(a['vs_inner'], 'x')} ({a['vs_inner_seeds']} seeds)" if a["vs_inner_seeds"] else "inner never reached it"
@@ -376,7 +421,8 @@ def tables(report: dict[str, Any]) -> str:
                    f"{a['vs_inner_own_target_reached']}/{n}")  # fmt: skip
         lines.append(f"| {label} | {_fmt_q(a['time_to_target_s'])} | {_fmt_steps(a['steps_to_target'])} | "
                      f"**{_fmt_q(a['speedup'], 'x')}** | {a['reached_fraction']:.0%} | {inner} | {own} | "
-                     f"{a['lowest_over_target']:.2f} | {a['acceptance_rate']:.0%} | {a['seconds_per_step'] * 1e3:.2f} |")  # fmt: skip
+                     f"{a['lowest_over_target']:.2f} | {a['acceptance_rate']:.0%} | {a['seconds_per_step'] * 1e3:.2f} | "
+                     f"{_fmt_q(a.get('error_at_best_time'), digits=3)} |")  # fmt: skip
     lines += ["", "Per seed (best baseline: its time; accelerated: time, speedup):", ""]
     labels = list(summ["accelerated"])
     lines.append("| seed | target | best baseline | " + " | ".join(labels) + " |")
@@ -401,15 +447,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="task to run (repeatable; default: all)")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=None, help="baseline steps (default: the task's)")
-    parser.add_argument("--baselines", default=",".join(BASELINES),
+    parser.add_argument("--baselines", default=None,
                         help="comma-separated optimizer names, or 'all' for every installed one "
-                             f"(default {','.join(BASELINES)})")  # fmt: skip
+                             f"(default {','.join(BASELINES)}; --configs scientific: {','.join(SCIENTIFIC_BASELINES)})")  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--configs", choices=sorted(CONFIG_SETS), default="default",
                         help="which accelerated configurations (slow-weights: Koopman on Lookahead's and SNOO's "
                              "slow weights, on teacher-student, hnn-oscillator and pinn-burgers; averaged: on "
                              "ema-adam's average and its raw iterates, on teacher-student and hnn-oscillator; "
-                             "schedule-free: on schedulefree-adamw's averaged point, same tasks)")  # fmt: skip
+                             "schedule-free: on schedulefree-adamw's averaged point, same tasks; scientific: every "
+                             "variant and the default on the PINN and neural-ODE tasks, against L-BFGS too)")  # fmt: skip
     parser.add_argument("--figures", type=Path, default=None, help="folder for the PNGs (default: --out)")
     parser.add_argument("--summarize", action="store_true", help="only print tables and draw figures from --out")
     args = parser.parse_args(argv)
@@ -422,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--configs {args.configs} has no configurations for {', '.join(unknown)}")
     suffix = "" if args.configs == "default" else f"-{args.configs}"
-    baselines = plugins.available("optimizers") if args.baselines == "all" else args.baselines.split(",")
+    chosen = args.baselines or ",".join(SET_BASELINES.get(args.configs, BASELINES))
+    baselines = plugins.available("optimizers") if chosen == "all" else chosen.split(",")
     figures = args.figures or args.out
     args.out.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
@@ -438,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         else:
             report = measure(task, configs[task], args.seeds, baselines=baselines, budget=args.budget,
-                             device=args.device, on_progress=lambda msg: print(msg, file=sys.stderr, flush=True))  # fmt: skip
+                             device=args.device, on_progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+                             checkpoint_metrics=args.configs == "scientific")  # fmt: skip
             path.write_text(json.dumps(report, indent=1))
         figure(report, figures / f"best-vs-best-{task}{suffix}.png")
         print(tables(report) + "\n")

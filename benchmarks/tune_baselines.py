@@ -41,6 +41,10 @@ GRIDS: dict[str, list[float]] = {
     "rmsprop": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
     **{name: ADAM_LIKE for name in ("adamw", "nadam", "muon", "lookahead-adam", "snoo-adam", "ema-adam")},
     "schedulefree-adamw": ADAM_LIKE,
+    "soap": ADAM_LIKE,
+    "adam-lbfgs": ADAM_LIKE,  # the Adam phase's rate; L-BFGS runs at its lbfgs_lr (1)
+    # The line search's first trial step: 1 is the classical choice, larger ones are cut back by it.
+    "lbfgs": [0.1, 0.3, 1.0, 3.0],
 }
 DEFAULT_OPTIMIZERS = ["adam", "adadelta", "sgd", "adagrad"]
 

@@ -122,10 +122,12 @@ def run_paired(
     min_steps: int = 0,
     eval_every: int | None = None,
     hook: Callable[[dict[str, TrainingRun]], CheckpointHook | None] | None = None,
+    checkpoint_metrics: bool = False,
 ) -> PairedSeed:
     """Measure one seed (see the module docstring). ``hook``, given the baselines' runs (finished, or
     under way when interleaved), returns the accelerated runs' checkpoint hook (the sweep's pruning).
-    Once every accelerated run is pruned, nothing more is trained: the baselines' results are then partial."""
+    Once every accelerated run is pruned, nothing more is trained: the baselines' results are then partial.
+    ``checkpoint_metrics``: every run records the task's `eval_metrics` at each checkpoint too (clocks stopped)."""
     if order not in ORDERS:
         raise ValueError(f"order {order!r} is not one of {', '.join(ORDERS)}")
     eval_every = eval_every or task.checkpoint_interval(budget)
@@ -145,7 +147,7 @@ def run_paired(
         side = sides[label]
         runs[label] = TrainingRun(task, optimizer=side.optimizer, lr=side.lr, seed=seed, device=device,
                                   koopman=side.koopman, eval_every=eval_every, optimizer_params=side.optimizer_params,
-                                  schedule=schedule)  # fmt: skip
+                                  schedule=schedule, checkpoint_metrics=checkpoint_metrics)  # fmt: skip
         return runs[label]
 
     def baseline_runs() -> dict[str, TrainingRun]:

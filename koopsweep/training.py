@@ -111,6 +111,8 @@ class Checkpoint:
     jumps_accepted: int = 0
     evaluations: int = 0
     fit_time_s: float = 0.0  # fit + predict; verification losses are counted in `evaluations`
+    #: ``Task.eval_metrics`` here, when the run was asked for them at every checkpoint (else empty).
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -181,7 +183,9 @@ class TrainingRun:
         on_checkpoint: CheckpointHook | None = None,
         optimizer_params: Mapping[str, Any] | None = None,
         schedule: Schedule | None = None,
+        checkpoint_metrics: bool = False,
     ) -> None:
+        self.checkpoint_metrics = checkpoint_metrics  # Task.eval_metrics at every checkpoint, clock stopped
         self.task, self.optimizer_name, self.lr, self.seed = task, optimizer, lr, seed
         self.device, self.koopman, self.eval_every, self.on_checkpoint = device, koopman, eval_every, on_checkpoint
         self.optimizer_params = dict(optimizer_params or {})
@@ -212,7 +216,8 @@ class TrainingRun:
         elapsed = self.clock.pause()
         with self.plugin.evaluation(self.optimizer):
             loss = self.task.eval_loss(self.model, self.device)
-        point = Checkpoint(self.steps, elapsed, loss, self.clock.cpu_elapsed)
+            metrics = self._metrics() if self.checkpoint_metrics else {}
+        point = Checkpoint(self.steps, elapsed, loss, self.clock.cpu_elapsed, metrics=metrics)
         if self.koopman is not None:
             stats = self.stepper.stats
             point.jumps_tried, point.jumps_accepted = stats.jumps_tried, stats.jumps_accepted
@@ -289,14 +294,17 @@ class TrainingRun:
         total = sum(self.task.loss(self.model, batch) for batch in self.check_batches)
         return total / len(self.check_batches)
 
+    def _metrics(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.task.eval_metrics(self.model, self.device).items()}
+
     def result(self) -> RunResult:
         """The run so far, with the task's end-of-run metrics (measured with the clock stopped)."""
         with self.plugin.evaluation(self.optimizer):
-            metrics = self.task.eval_metrics(self.model, self.device)
+            metrics = self._metrics()
         result = RunResult(
             self.optimizer_name, self.lr, self.seed, str(self.device), self.koopman, self.curve, self.stopped,
             optimizer_params=dict(self.optimizer_params), schedule=self.schedule.describe(),
-            metrics={k: float(v) for k, v in metrics.items()},
+            metrics=metrics,
         )  # fmt: skip
         if self.koopman is not None:
             result.stats = self.stepper.stats.to_dict()

@@ -60,3 +60,23 @@ def test_the_slow_weight_configurations_race_the_outer_loops(load_benchmark, tmp
     with pytest.raises(SystemExit) as exit_info:  # argparse's one-line error
         bvb.main(["--out", str(tmp_path), "--configs", "slow-weights", "--task", "mnist1d-cnn"])
     assert exit_info.value.code == 2
+
+
+def test_the_scientific_set_reads_the_error_at_the_best_baselines_time(one_thread, load_benchmark):
+    bvb = load_benchmark("best_vs_best")
+    assert {a.label for a in bvb.SCIENTIFIC_CONFIGS["pinn-burgers"]} >= {
+        "default on adam", "default on lbfgs", "default on adam-lbfgs", "extrapolate-linear+adaptive on adam"
+    }
+    tiny = {"hidden": 8, "depth": 2, "n_interior": 64, "n_boundary": 16, "n_eval": 50}
+    acc = [bvb.Accelerated("dmd-global", {}, "lbfgs")]
+    report = bvb.measure("pinn-burgers", acc, seeds=1, budget=20, baselines=["adam", "lbfgs"], task_params=tiny,
+                         checkpoint_metrics=True)  # fmt: skip
+    seed = report["seeds"][0]
+    for record in seed["runs"].values():
+        curve = record["curve"]
+        assert all(len(point) == 4 and point[3] >= 0 for point in curve)  # the error at every checkpoint
+        before = [point for point in curve if point[1] <= seed["best_baseline_time_s"]]
+        assert record["error_at_best_time"] == before[-1][3]
+    assert bvb.error_at([[0, 0.0, 1.0, 0.5], [10, 1.0, 0.5, 0.2], [20, 2.0, 0.2, 0.1]], 1.5) == 0.2
+    assert bvb.error_at([[0, 0.0, 1.0]], 1.5) is None
+    assert "error at best's time" in bvb.tables(report)

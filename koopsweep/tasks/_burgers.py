@@ -216,6 +216,8 @@ class PINNBurgers(SizedTask):
     baseline_lrs: ClassVar[dict[str, float]] = {
         "adam": 1e-3, "adamw": 1e-2, "nadam": 1e-2, "rmsprop": 3e-3, "adagrad": 0.1, "adadelta": 1.0, "sgd": 0.01,
         "muon": 1e-2, "lookahead-adam": 1e-2, "snoo-adam": 1e-3, "ema-adam": 1e-3, "schedulefree-adamw": 3e-3,
+        # 2,000 steps, seeds 0-1 (docs/tasks.md); lbfgs and soap at their grids' edges.
+        "lbfgs": 0.1, "adam-lbfgs": 3e-3, "soap": 3e-2,
     }  # fmt: skip
     default_optimizer: ClassVar[str] = "adam"
     schedule: ClassVar[str] = "constant"
