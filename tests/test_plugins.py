@@ -558,6 +558,8 @@ TASK_PARAMS = {
     "charlm-transformer": {"d_model": 16, "n_layers": 1, "n_heads": 2, "context": 16, "eval_windows": 8},
     "mnist1d-cnn": {"channels": 8, "num_samples": 200},
     "pinn-burgers": {"hidden": 8, "depth": 2, "n_interior": 100, "n_boundary": 20, "n_eval": 50},
+    "pinn-allen-cahn": {"hidden": 8, "depth": 2, "n_interior": 64, "n_initial": 16, "n_eval": 50},
+    "pinn-helmholtz": {"hidden": 8, "depth": 2, "n_interior": 64, "n_boundary": 16, "n_eval": 50},
     "mnist1d-mlp": {"num_samples": 200},
     "teacher-student": {"n_train": 256, "n_eval": 128},
     "hnn-oscillator": {"n_points": 50, "n_eval": 100},

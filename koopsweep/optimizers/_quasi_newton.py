@@ -155,13 +155,13 @@ _AdamThenLBFGS: type | None = None
 class AdamLBFGS(OptimizerPlugin):
     """Adam (at the run's learning rate) for ``switch_step`` steps, then L-BFGS (at ``lbfgs_lr``).
 
-    Parameters: Adam's ``beta1``, ``beta2``, ``eps``, ``weight_decay``; ``switch_step`` (1,000; searched
+    Parameters: Adam's ``beta1``, ``beta2``, ``eps``, ``weight_decay``; ``switch_step`` (500; searched
     on a log scale); ``lbfgs_lr`` (1) and the `LBFGS` plugin's parameters prefixed ``lbfgs_``.
     """
 
     default_lr = 1e-3
     defaults: ClassVar[dict[str, Any]] = {
-        **Adam.defaults, "switch_step": 1000, "lbfgs_lr": 1.0, **{f"lbfgs_{k}": v for k, v in LBFGS_DEFAULTS.items()},
+        **Adam.defaults, "switch_step": 500, "lbfgs_lr": 1.0, **{f"lbfgs_{k}": v for k, v in LBFGS_DEFAULTS.items()},
     }  # fmt: skip
 
     @classmethod
