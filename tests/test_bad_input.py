@@ -71,7 +71,7 @@ CASES = [
     ("param-other-rule", {}, ["bench", "digits-mlp", "--param", "backtrack.tol=0.1"], {}, 2, ["backtrack.tol"]),
     ("param-task", {}, ["bench", "digits-mlp", "--param", "task.bogus=1"], {}, 2, ["bogus"]),
     ("bench-unknown-task", {}, ["bench", "no-such-task"], {}, 2, ["no-such-task"]),
-    ("bench-optimizer", {}, ["bench", "digits-mlp", "--optimizer", "lbfgs"], {}, 2, ["lbfgs"]),
+    ("bench-optimizer", {}, ["bench", "digits-mlp", "--optimizer", "bfgs"], {}, 2, ["bfgs"]),
     ("bench-device", {}, ["bench", "digits-mlp", "--device", "tpu"], {}, 2, ["tpu"]),
     # --- storage URLs
     ("storage-scheme", {"s.toml": MINIMAL}, ["study", "create", "s.toml", "--storage", "mongodb://h/db"], {}, 2,

@@ -109,8 +109,8 @@ def test_param_sorting_and_errors():
         split_params("dmd-global", {"bogus": 1})
     with pytest.raises(UsageError, match="neither the fallback rule nor an optimizer here"):
         split_params("dmd-global", {"backtrack.tol": 0.1})
-    with pytest.raises(UsageError, match="no optimizer named 'lbfgs'.*available optimizers: adadelta"):
-        run_bench(BenchSettings(task="digits-mlp", optimizers=["lbfgs"], seeds=1))
+    with pytest.raises(UsageError, match="no optimizer named 'bfgs'.*available optimizers: adadelta"):
+        run_bench(BenchSettings(task="digits-mlp", optimizers=["bfgs"], seeds=1))
 
 
 def test_bad_param_syntax_is_a_usage_error():

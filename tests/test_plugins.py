@@ -559,6 +559,7 @@ TASK_PARAMS = {
     "mnist1d-cnn": {"channels": 8, "num_samples": 200},
     "pinn-burgers": {"hidden": 8, "depth": 2, "n_interior": 100, "n_boundary": 20, "n_eval": 50},
     "pinn-allen-cahn": {"hidden": 8, "depth": 2, "n_interior": 64, "n_initial": 16, "n_eval": 50},
+    "neural-ode": {"hidden": 8, "depth": 1, "n_train": 4, "n_eval": 3, "n_times": 10, "t_end": 1.8, "segment": 4},
     "pinn-helmholtz": {"hidden": 8, "depth": 2, "n_interior": 64, "n_boundary": 16, "n_eval": 50},
     "mnist1d-mlp": {"num_samples": 200},
     "teacher-student": {"n_train": 256, "n_eval": 128},
