@@ -77,3 +77,15 @@ def load_benchmark():
         return module
 
     return load
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for training tests and benchmarks run in-process (as the scripts run): on a
+    shared 2-core machine a second thread only spins, and tiny models then take seconds per run."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,18 +3,8 @@
 import math
 
 import pytest
-import torch
 
 from koopsweep.measure import SMOOTHING_CHECKPOINTS
-
-
-@pytest.fixture
-def one_thread():
-    # As the script runs (torch.set_num_threads(1) in main): two threads spin on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_target_is_the_best_baselines_final_loss_and_speedup_uses_its_time(one_thread, load_benchmark):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,27 +28,10 @@ from koopsweep.tasks._helmholtz import (
     source,
 )
 from koopsweep.testing import check_task
+from rng_states import global_states, same_states
 
 CPU = torch.device("cpu")
 TINY: dict[str, Any] = {"hidden": 8, "depth": 2, "n_interior": 64, "n_boundary": 16, "n_eval": 50}
-
-
-def global_states() -> tuple[Any, Any, Any]:
-    return torch.get_rng_state(), np.random.get_state(), random.getstate()
-
-
-def same_states(a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> bool:
-    (ta, na, pa), (tb, nb, pb) = a, b
-    return torch.equal(ta, tb) and all(np.array_equal(x, y) for x, y in zip(na, nb, strict=True)) and pa == pb
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread for the training tests: on a shared 2-core machine extra threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Exact(nn.Module):

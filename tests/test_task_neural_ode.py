@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,27 +30,10 @@ from koopsweep.tasks._neural_ode import (
     windows,
 )
 from koopsweep.testing import check_task
+from rng_states import global_states, same_states
 
 CPU = torch.device("cpu")
 TINY: dict[str, Any] = {"hidden": 8, "depth": 1, "n_train": 4, "n_eval": 3, "n_times": 10, "t_end": 1.8, "segment": 4}
-
-
-def global_states() -> tuple[Any, Any, Any]:
-    return torch.get_rng_state(), np.random.get_state(), random.getstate()
-
-
-def same_states(a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> bool:
-    (ta, na, pa), (tb, nb, pb) = a, b
-    return torch.equal(ta, tb) and all(np.array_equal(x, y) for x, y in zip(na, nb, strict=True)) and pa == pb
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread for the training tests: on a shared 2-core machine extra threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def lotka_volterra_torch(s: torch.Tensor) -> torch.Tensor:
