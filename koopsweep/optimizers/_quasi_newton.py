@@ -23,14 +23,13 @@ search branches on them); that is inherent to the algorithm as torch implements 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
+
+import torch
 
 from koopsweep._params import is_int, is_number, require
 from koopsweep.optimizers._base import OptimizerPlugin
 from koopsweep.optimizers._torch import Adam, check_params, torch_kwargs
-
-if TYPE_CHECKING:
-    import torch
 
 LBFGS_DEFAULTS: dict[str, Any] = {
     "max_iter": 1,
@@ -56,8 +55,6 @@ def _check_lbfgs(plugin: OptimizerPlugin, prefix: str = "") -> None:
 
 def build_lbfgs(params: Iterable[torch.Tensor], lr: float, options: dict[str, Any]) -> torch.optim.LBFGS:
     """``torch.optim.LBFGS`` from `LBFGS_DEFAULTS`-style ``options`` (see the module docstring for max_eval)."""
-    import torch
-
     return torch.optim.LBFGS(
         params,
         lr=lr,
@@ -96,60 +93,48 @@ class LBFGS(OptimizerPlugin):
         return build_lbfgs(params, lr, self.params)
 
 
-def _adam_then_lbfgs_class() -> type:
-    """`AdamThenLBFGS`, defined on first use so that listing plugins imports no torch."""
-    global _AdamThenLBFGS
-    if _AdamThenLBFGS is None:
-        import torch
+class AdamThenLBFGS(torch.optim.Optimizer):
+    """Adam for ``switch_step`` steps, then L-BFGS from wherever Adam left the weights.
 
-        class AdamThenLBFGS(torch.optim.Optimizer):
-            """Adam for ``switch_step`` steps, then L-BFGS from wherever Adam left the weights.
+    ``param_groups`` and ``state`` are Adam's (a schedule scales Adam's rate; L-BFGS keeps its own
+    ``lbfgs_lr``); L-BFGS's state lives in ``self.lbfgs``. ``state_dict()`` holds both and the step
+    count, so a checkpoint resumes in the right phase.
+    """
 
-            ``param_groups`` and ``state`` are Adam's (a schedule scales Adam's rate; L-BFGS keeps its own
-            ``lbfgs_lr``); L-BFGS's state lives in ``self.lbfgs``. ``state_dict()`` holds both and the step
-            count, so a checkpoint resumes in the right phase.
-            """
+    def __init__(self, params: Iterable[torch.Tensor], adam: torch.optim.Optimizer, lbfgs_lr: float,
+                 lbfgs_options: dict[str, Any], switch_step: int) -> None:  # fmt: skip
+        params = list(params)
+        self.adam = adam
+        super().__init__(adam.param_groups, defaults={})
+        self.adam.param_groups, self.adam.state = self.param_groups, self.state
+        self.lbfgs = build_lbfgs(params, lbfgs_lr, lbfgs_options)
+        self.switch_step = switch_step
+        self.steps = 0
 
-            def __init__(self, params: Iterable[torch.Tensor], adam: torch.optim.Optimizer, lbfgs_lr: float,
-                         lbfgs_options: dict[str, Any], switch_step: int) -> None:  # fmt: skip
-                params = list(params)
-                self.adam = adam
-                super().__init__(adam.param_groups, defaults={})
-                self.adam.param_groups, self.adam.state = self.param_groups, self.state
-                self.lbfgs = build_lbfgs(params, lbfgs_lr, lbfgs_options)
-                self.switch_step = switch_step
-                self.steps = 0
+    @property
+    def in_lbfgs_phase(self) -> bool:
+        return self.steps >= self.switch_step
 
-            @property
-            def in_lbfgs_phase(self) -> bool:
-                return self.steps >= self.switch_step
+    # Read by KoopmanAccelerator (koopsweep.optimizers._base): jumps during the Adam phase only,
+    # and L-BFGS's line search needs real closures.
+    takes_jumps = property(lambda self: not self.in_lbfgs_phase)
+    reevaluates_closure = property(lambda self: self.in_lbfgs_phase)
 
-            # Read by KoopmanAccelerator (koopsweep.optimizers._base): jumps during the Adam phase only,
-            # and L-BFGS's line search needs real closures.
-            takes_jumps = property(lambda self: not self.in_lbfgs_phase)
-            reevaluates_closure = property(lambda self: self.in_lbfgs_phase)
+    def step(self, closure: Any = None) -> Any:  # noqa: D102
+        phase = self.lbfgs if self.in_lbfgs_phase else self.adam
+        if closure is None and phase is self.lbfgs:
+            raise RuntimeError("adam-lbfgs needs a closure in its L-BFGS phase")
+        self.steps += 1
+        return phase.step(closure)
 
-            def step(self, closure: Any = None) -> Any:  # noqa: D102
-                phase = self.lbfgs if self.in_lbfgs_phase else self.adam
-                if closure is None and phase is self.lbfgs:
-                    raise RuntimeError("adam-lbfgs needs a closure in its L-BFGS phase")
-                self.steps += 1
-                return phase.step(closure)
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"steps": self.steps, "adam": self.adam.state_dict(), "lbfgs": self.lbfgs.state_dict()}
 
-            def state_dict(self) -> dict[str, Any]:  # noqa: D102
-                return {"steps": self.steps, "adam": self.adam.state_dict(), "lbfgs": self.lbfgs.state_dict()}
-
-            def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
-                self.adam.load_state_dict(state_dict["adam"])  # replaces Adam's group dicts and state
-                self.param_groups, self.state = self.adam.param_groups, self.adam.state
-                self.lbfgs.load_state_dict(state_dict["lbfgs"])
-                self.steps = int(state_dict["steps"])
-
-        _AdamThenLBFGS = AdamThenLBFGS
-    return _AdamThenLBFGS
-
-
-_AdamThenLBFGS: type | None = None
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        self.adam.load_state_dict(state_dict["adam"])  # replaces Adam's group dicts and state
+        self.param_groups, self.state = self.adam.param_groups, self.adam.state
+        self.lbfgs.load_state_dict(state_dict["lbfgs"])
+        self.steps = int(state_dict["steps"])
 
 
 class AdamLBFGS(OptimizerPlugin):
@@ -178,11 +163,8 @@ class AdamLBFGS(OptimizerPlugin):
         require(is_number(p["lbfgs_lr"]) and p["lbfgs_lr"] > 0, self, "lbfgs_lr", p["lbfgs_lr"], "a number > 0")
 
     def build(self, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-        import torch
-
         params = list(params)
         adam_params = {k: v for k, v in self.params.items() if k in Adam.defaults}
         adam = torch.optim.Adam(params, lr=lr, **torch_kwargs(adam_params))
         lbfgs_options = {k: self.params[f"lbfgs_{k}"] for k in LBFGS_DEFAULTS}
-        return _adam_then_lbfgs_class()(params, adam, float(self.params["lbfgs_lr"]), lbfgs_options,
-                                        self.params["switch_step"])  # fmt: skip
+        return AdamThenLBFGS(params, adam, float(self.params["lbfgs_lr"]), lbfgs_options, self.params["switch_step"])

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -75,8 +75,8 @@ import torch
 from torch import nn
 
 from koopsweep._params import require
-from koopsweep.tasks._common import generator, is_int, is_number, mlp, tensor_batches
-from koopsweep.tasks._scientific import SizedTask, derivative, frozen, relative_l2
+from koopsweep.tasks._common import generator, is_int, is_number, mlp
+from koopsweep.tasks._scientific import PINNTask, derivative, space_time_reference
 
 #: The (t, x) grid of the reference solution: 201 times in [0, 1] by 512 periodic positions
 #: x_j = −1 + 2j/512 in [−1, 1), the resolution of Raissi et al.'s published data set.
@@ -265,7 +265,7 @@ def collocation_points(
 # The task
 
 
-class PINNAllenCahn(SizedTask):
+class PINNAllenCahn(PINNTask):
     """Solve periodic 1-D Allen-Cahn with a physics-informed tanh MLP on fixed collocation points (no data).
 
     Parameters (None = the value of the ``size`` preset):
@@ -314,6 +314,7 @@ class PINNAllenCahn(SizedTask):
     }
 
     presets = PRESETS
+    batch_keys = ("interior", "initial", "target")
     knob_minimums: ClassVar[dict[str, int]] = {
         "hidden": 1, "depth": 1, "fourier_modes": 1, "n_interior": 1, "n_initial": 1, "n_eval": 5,
     }  # fmt: skip
@@ -353,7 +354,6 @@ class PINNAllenCahn(SizedTask):
         # The reference solution is made here too, so that prepare() pays for it (about 1.3 s, once per
         # process and coefficients) before any clock starts.
         t, x, u = reference_solution(float(self.params["diffusion"]), float(self.params["reaction"]))
-        grid = torch.cartesian_prod(torch.tensor(t), torch.tensor(x)).float()
         return {
             "interior": interior,
             "initial": initial,
@@ -361,50 +361,18 @@ class PINNAllenCahn(SizedTask):
             "eval_interior": eval_interior,
             "eval_initial": eval_initial,
             "eval_target": eval_target,
-            "ref_grid": grid,
-            "ref_u": torch.tensor(u.reshape(-1, 1), dtype=torch.float32),
+            **space_time_reference(t, x, u),
         }
 
     def build_model(self, seed: int) -> nn.Module:
         knobs = (self.knob("hidden"), self.knob("depth"), self.knob("fourier_modes"))
         return AllenCahnNet(*knobs, generator(seed, "init"))
 
-    def batches(self, seed: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        data = self._on(device)  # eager: the points move to the device before the first step is timed
-        return tensor_batches((data["interior"], data["initial"], data["target"]), 0, seed, device)  # batch_size 0: the same tensors every step
-
-    def _coefficients(self) -> tuple[float, float, float]:
+    def residual_loss(self, u_of, points, initial, target, *, create_graph=True):  # noqa: D102
         p = self.params
-        return float(p["diffusion"]), float(p["reaction"]), float(p["ic_weight"])
+        coefficients = float(p["diffusion"]), float(p["reaction"]), float(p["ic_weight"])
+        return physics_loss(u_of, points, initial, target, *coefficients, create_graph=create_graph)
 
-    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        interior, initial, target = batch
-        # A fresh leaf that shares the batch's storage: no copy, and the batch itself is never modified.
-        points = interior.detach().requires_grad_(True)
-        return physics_loss(model, points, initial, target, *self._coefficients())
-
-    def eval_loss(self, model: nn.Module, device: torch.device) -> float:
-        data = self._on(device)
-        points = data["eval_interior"].detach().requires_grad_(True)
-        with torch.enable_grad():  # frozen weights: autograd reaches the points only
-            loss = physics_loss(
-                frozen(model),
-                points,
-                data["eval_initial"],
-                data["eval_target"],
-                *self._coefficients(),
-                create_graph=False,
-            )
-        return float(loss.detach())
-
-    def eval_metrics(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        return {"relative_l2_error": self.relative_l2_error(model, device)}
-
-    def relative_l2_error(self, model: nn.Module, device: torch.device) -> float:
-        """||u_net − u_ref|| / ||u_ref|| on the 201 x 512 reference grid."""
-        data = self._on(device)
-        with torch.no_grad():
-            return relative_l2(model(data["ref_grid"]), data["ref_u"])
 
 
 __all__ = [

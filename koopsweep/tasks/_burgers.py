@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,8 +50,8 @@ import torch
 from torch import nn
 
 from koopsweep._params import require
-from koopsweep.tasks._common import generator, is_int, is_number, mlp, tensor_batches
-from koopsweep.tasks._scientific import SizedTask, derivative, frozen, relative_l2
+from koopsweep.tasks._common import generator, is_int, is_number, mlp
+from koopsweep.tasks._scientific import PINNTask, derivative, space_time_reference
 
 #: The (t, x) grid of the reference solution: 100 times in [0, 1] by 256 positions in [−1, 1], the
 #: resolution of Raissi et al.'s published data set.
@@ -187,7 +187,7 @@ def collocation_points(
 # The task
 
 
-class PINNBurgers(SizedTask):
+class PINNBurgers(PINNTask):
     """Solve viscous Burgers with a physics-informed tanh MLP on fixed collocation points (no data).
 
     Parameters (None = the value of the ``size`` preset):
@@ -234,6 +234,7 @@ class PINNBurgers(SizedTask):
     }
 
     presets = PRESETS
+    batch_keys = ("interior", "boundary", "target")
     knob_minimums: ClassVar[dict[str, int]] = {"hidden": 1, "depth": 1, "n_interior": 1, "n_boundary": 4, "n_eval": 5}
 
     def validate_params(self) -> None:
@@ -262,7 +263,6 @@ class PINNBurgers(SizedTask):
         # The reference solution is made here too, so that prepare() pays for it (about 0.5 s, once per
         # process and viscosity) before any clock starts.
         t, x, u = reference_solution(float(self.params["nu"]))
-        grid = torch.cartesian_prod(torch.tensor(t), torch.tensor(x)).float()
         return {
             "interior": interior,
             "boundary": boundary,
@@ -270,48 +270,17 @@ class PINNBurgers(SizedTask):
             "eval_interior": eval_interior,
             "eval_boundary": eval_boundary,
             "eval_target": eval_target,
-            "ref_grid": grid,
-            "ref_u": torch.tensor(u.reshape(-1, 1), dtype=torch.float32),
+            **space_time_reference(t, x, u),
         }
 
     def build_model(self, seed: int) -> nn.Module:
         return BurgersNet(self.knob("hidden"), self.knob("depth"), generator(seed, "init"))
 
-    def batches(self, seed: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        data = self._on(device)  # eager: the points move to the device before the first step is timed
-        return tensor_batches((data["interior"], data["boundary"], data["target"]), 0, seed, device)  # batch_size 0: the same tensors every step
-
-    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        interior, boundary, target = batch
-        # A fresh leaf that shares the batch's storage: no copy, and the batch itself is never modified.
-        points = interior.detach().requires_grad_(True)
+    def residual_loss(self, u_of, points, boundary, target, *, create_graph=True):  # noqa: D102
         p = self.params
-        return physics_loss(model, points, boundary, target, float(p["nu"]), float(p["boundary_weight"]))
+        return physics_loss(u_of, points, boundary, target, float(p["nu"]), float(p["boundary_weight"]),
+                            create_graph=create_graph)  # fmt: skip
 
-    def eval_loss(self, model: nn.Module, device: torch.device) -> float:
-        data = self._on(device)
-        points = data["eval_interior"].detach().requires_grad_(True)
-        p = self.params
-        with torch.enable_grad():  # frozen weights: autograd reaches the points only
-            loss = physics_loss(
-                frozen(model),
-                points,
-                data["eval_boundary"],
-                data["eval_target"],
-                float(p["nu"]),
-                float(p["boundary_weight"]),
-                create_graph=False,
-            )
-        return float(loss.detach())
-
-    def eval_metrics(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        return {"relative_l2_error": self.relative_l2_error(model, device)}
-
-    def relative_l2_error(self, model: nn.Module, device: torch.device) -> float:
-        """||u_net − u_ref|| / ||u_ref|| on the 100 x 256 reference grid."""
-        data = self._on(device)
-        with torch.no_grad():
-            return relative_l2(model(data["ref_grid"]), data["ref_u"])
 
 
 __all__ = ["PINNBurgers", "BurgersNet", "cole_hopf", "collocation_points", "physics_loss", "reference_solution"]

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -62,8 +62,8 @@ import torch
 from torch import nn
 
 from koopsweep._params import require
-from koopsweep.tasks._common import generator, is_int, is_number, mlp, tensor_batches
-from koopsweep.tasks._scientific import SizedTask, derivative, frozen, relative_l2
+from koopsweep.tasks._common import generator, is_int, is_number, mlp
+from koopsweep.tasks._scientific import PINNTask, derivative
 
 #: Points per side of the reference grid: linspace(−1, 1, 101) in x and in y.
 REF_N = 101
@@ -164,7 +164,7 @@ def collocation_points(n_interior: int, n_boundary: int, gen: torch.Generator) -
 # The task
 
 
-class PINNHelmholtz(SizedTask):
+class PINNHelmholtz(PINNTask):
     """Solve a 2-D Helmholtz equation with a physics-informed tanh MLP on fixed collocation points (no data).
 
     Parameters (None = the value of the ``size`` preset):
@@ -219,6 +219,7 @@ class PINNHelmholtz(SizedTask):
     }
 
     presets = PRESETS
+    batch_keys = ("interior", "source", "boundary")
     knob_minimums: ClassVar[dict[str, int]] = {"hidden": 1, "depth": 1, "n_interior": 1, "n_boundary": 4, "n_eval": 5}
 
     def validate_params(self) -> None:
@@ -281,46 +282,14 @@ class PINNHelmholtz(SizedTask):
             "ref_u": torch.tensor(u, dtype=torch.float32),
         }
 
+    def residual_loss(self, u_of, points, q, boundary, *, create_graph=True):  # noqa: D102
+        weight = float(self.params["boundary_weight"])
+        return physics_loss(u_of, points, q, boundary, self._k(), self._scale(), weight, create_graph=create_graph)
+
     def build_model(self, seed: int) -> nn.Module:
         # The domain is [−1, 1]² already: the inputs need no rescaling.
         return mlp((2, *[self.knob("hidden")] * self.knob("depth"), 1), "tanh", generator(seed, "init"))
 
-    def batches(self, seed: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        data = self._on(device)  # eager: the points move to the device before the first step is timed
-        return tensor_batches((data["interior"], data["source"], data["boundary"]), 0, seed, device)  # batch_size 0: the same tensors every step
-
-    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        interior, q, boundary = batch
-        # A fresh leaf that shares the batch's storage: no copy, and the batch itself is never modified.
-        points = interior.detach().requires_grad_(True)
-        weight = float(self.params["boundary_weight"])
-        return physics_loss(model, points, q, boundary, self._k(), self._scale(), weight)
-
-    def eval_loss(self, model: nn.Module, device: torch.device) -> float:
-        data = self._on(device)
-        points = data["eval_interior"].detach().requires_grad_(True)
-        weight = float(self.params["boundary_weight"])
-        with torch.enable_grad():  # frozen weights: autograd reaches the points only
-            loss = physics_loss(
-                frozen(model),
-                points,
-                data["eval_source"],
-                data["eval_boundary"],
-                self._k(),
-                self._scale(),
-                weight,
-                create_graph=False,
-            )
-        return float(loss.detach())
-
-    def eval_metrics(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        return {"relative_l2_error": self.relative_l2_error(model, device)}
-
-    def relative_l2_error(self, model: nn.Module, device: torch.device) -> float:
-        """||u_net − u_ref|| / ||u_ref|| on the 101 x 101 reference grid."""
-        data = self._on(device)
-        with torch.no_grad():
-            return relative_l2(model(data["ref_grid"]), data["ref_u"])
 
 
 __all__ = [

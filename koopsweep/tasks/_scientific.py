@@ -9,7 +9,8 @@ to the weights and never touches their ``.grad``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import abc
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from koopsweep._params import require
-from koopsweep.tasks._common import CachedTask, is_int
+from koopsweep.tasks._common import CachedTask, is_int, tensor_batches
 
 
 class SizedTask(CachedTask):
@@ -43,6 +44,58 @@ class SizedTask(CachedTask):
         return self.presets[self.params["size"]][name] if value is None else value
 
 
+class PINNTask(SizedTask):
+    """A physics-informed task trained full batch on fixed collocation points.
+
+    ``_make_data`` returns the tensors named in ``batch_keys`` (the residual points first), their
+    evaluation twins ``"eval_" + key``, and ``ref_grid``/``ref_u``, the points and values of the known
+    solution. A subclass writes only `residual_loss`, its equation; training, evaluation at frozen
+    weights and the relative L2 error against the known solution are shared here.
+    """
+
+    batch_keys: ClassVar[tuple[str, ...]]
+
+    @abc.abstractmethod
+    def residual_loss(
+        self, u_of: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor, *rest: torch.Tensor,
+        create_graph: bool = True,
+    ) -> torch.Tensor:  # fmt: skip
+        """The physics loss of ``u_of`` at the residual ``points`` (requiring grad) and the batch's other
+        tensors ``rest``; ``create_graph`` as in `derivative`, for the derivatives' last pass."""
+
+    def batches(self, seed: int, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+        data = self._on(device)  # eager: the points move to the device before the first step is timed
+        return tensor_batches(tuple(data[key] for key in self.batch_keys), 0, seed, device)  # full batch
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        interior, *rest = batch
+        # A fresh leaf that shares the batch's storage: no copy, and the batch itself is never modified.
+        return self.residual_loss(model, interior.detach().requires_grad_(True), *rest)
+
+    def eval_loss(self, model: nn.Module, device: torch.device) -> float:
+        data = self._on(device)
+        interior, *rest = (data["eval_" + key] for key in self.batch_keys)
+        with torch.enable_grad():  # frozen weights: autograd reaches the points only
+            loss = self.residual_loss(frozen(model), interior.detach().requires_grad_(True), *rest, create_graph=False)
+        return float(loss.detach())
+
+    def eval_metrics(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        return {"relative_l2_error": self.relative_l2_error(model, device)}
+
+    def relative_l2_error(self, model: nn.Module, device: torch.device) -> float:
+        """||u_net − u_ref|| / ||u_ref|| on the reference grid."""
+        data = self._on(device)
+        with torch.no_grad():
+            return relative_l2(model(data["ref_grid"]), data["ref_u"])
+
+
+def space_time_reference(t: Any, x: Any, u: Any) -> dict[str, torch.Tensor]:
+    """``ref_grid`` (every (t, x) pair, t slowest) and ``ref_u`` (``(n, 1)``) as float32 tensors from a
+    solution ``u`` of shape ``(len(t), len(x))``."""
+    grid = torch.cartesian_prod(torch.as_tensor(t), torch.as_tensor(x)).float()
+    return {"ref_grid": grid, "ref_u": torch.as_tensor(u).reshape(-1, 1).float()}
+
+
 def derivative(outputs: torch.Tensor, inputs: torch.Tensor, *, create_graph: bool = True) -> torch.Tensor:
     """d outputs / d inputs, row by row: ``outputs`` is ``(n, 1)`` (or ``(n, k)``, summed over k) with row i
     depending on row i of ``inputs`` only, so one backward pass with ones gives every point's own
@@ -65,4 +118,4 @@ def relative_l2(prediction: torch.Tensor, reference: torch.Tensor) -> float:
     return float(error)
 
 
-__all__ = ["SizedTask", "derivative", "frozen", "relative_l2"]
+__all__ = ["PINNTask", "SizedTask", "derivative", "frozen", "relative_l2", "space_time_reference"]
