@@ -28,8 +28,9 @@ measured before that, in an order rotated by the seed); an untimed warm-up prece
 first run in the process. Clocks are `TrainingRun`'s: training only,
 evaluation checkpoints excluded.
 
-One JSON per task goes to ``--out`` (``best-vs-best-TASK.json``); a task whose JSON is there is not run
-again (delete it to re-measure). Figures (``best-vs-best-TASK.png``: loss against training wall-clock of
+One JSON per task goes to ``--out`` (``best-vs-best-TASK.json``), rewritten after every seed; a task
+whose JSON holds ``--seeds`` seeds is not run again (delete it to re-measure), and one that holds fewer
+(a run cut short, or a larger ``--seeds``) keeps them and measures only the missing seeds. Figures (``best-vs-best-TASK.png``: loss against training wall-clock of
 the median seed) go to ``--figures`` (default: ``--out``). ``--summarize`` prints the tables and redraws
 the figures from the JSONs alone.
 """
@@ -310,9 +311,13 @@ def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
 def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, baselines: list[str] | None = None,
             budget: int | None = None, cap_factor: float = 2.0, device: str = "cpu",
             task_params: dict[str, Any] | None = None, on_progress=None,
-            checkpoint_metrics: bool = False) -> dict[str, Any]:  # fmt: skip
+            checkpoint_metrics: bool = False, previous: dict[str, Any] | None = None,
+            on_seed=None) -> dict[str, Any]:  # fmt: skip
     """The whole measurement of one task: every seed, then the summary. Returns the JSON-ready report.
-    ``checkpoint_metrics``: record the task's error metric at every checkpoint (for the error at equal time)."""
+    ``checkpoint_metrics``: record the task's error metric at every checkpoint (for the error at equal time).
+    ``previous``: an earlier report of the same measurement; its seeds are kept and only seeds
+    ``len(previous seeds)..seeds-1`` run (settings that differ raise). ``on_seed(report)`` gets the report
+    so far after every seed, so a run cut short loses at most the seed it was on."""
     task_cls = plugins.load_task(task_name)
     task = plugins.instantiate(task_cls, task_params)
     dev = resolve_device(device)
@@ -324,21 +329,17 @@ def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, basel
         raise UsageError(f"task {task_name!r} has no tuned learning rate for {', '.join(sorted(set(untuned)))}")
     started = time.perf_counter()
     load_before = os.getloadavg()
-    per_seed = []
-    for seed in range(seeds):
-        per_seed.append(measure_seed(task, accelerated, seed, baselines=baselines, budget=budget,
-                                     cap_factor=cap_factor, device=dev, schedule=schedule,
-                                     checkpoint_metrics=checkpoint_metrics))  # fmt: skip
-        if on_progress:
-            on_progress(f"{task_name} seed {seed}: best baseline {per_seed[-1]['best_baseline']}")
     labels = [a.label for a in accelerated]
-    return {
-        "settings": {
+
+    def report(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"settings": settings(per_seed), "seeds": per_seed, "summary": summarize(per_seed, labels)}
+
+    def settings(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
             "task": task_name,
             "task_params": task_params or {},
             "budget": budget,
             "cap_factor": cap_factor,
-            "seeds": seeds,
             "baselines": {name: task_cls.baseline_lrs[name] for name in baselines},
             "schedule": schedule.describe(),
             "accelerated": [
@@ -352,11 +353,33 @@ def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, basel
             "torch_threads": torch.get_num_threads(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
-            "wall_time_s": time.perf_counter() - started,
-        },
-        "seeds": per_seed,
-        "summary": summarize(per_seed, labels),
-    }
+            "wall_time_s": earlier_wall_time + time.perf_counter() - started,
+            "seeds": len(per_seed),
+        }
+
+    per_seed: list[dict[str, Any]] = []
+    earlier_wall_time = 0.0
+    if previous is not None:
+        expected = json.loads(json.dumps(settings([])))  # as the earlier report was read back: lists, not tuples
+        changed = [key for key in RESUME_KEYS if previous["settings"].get(key) != expected[key]]
+        if changed:
+            raise UsageError(f"{task_name}: the earlier report differs in {', '.join(changed)}; "
+                             "delete it or measure into another --out")  # fmt: skip
+        per_seed = list(previous["seeds"][:seeds])
+        earlier_wall_time = previous["settings"]["wall_time_s"]
+    for seed in range(len(per_seed), seeds):
+        per_seed.append(measure_seed(task, accelerated, seed, baselines=baselines, budget=budget,
+                                     cap_factor=cap_factor, device=dev, schedule=schedule,
+                                     checkpoint_metrics=checkpoint_metrics))  # fmt: skip
+        if on_progress:
+            on_progress(f"{task_name} seed {seed}: best baseline {per_seed[-1]['best_baseline']}")
+        if on_seed:
+            on_seed(report(per_seed))
+    return report(per_seed)
+
+
+# What an earlier report must share with this measurement for its seeds to be kept.
+RESUME_KEYS = ("task", "task_params", "budget", "cap_factor", "baselines", "schedule", "accelerated", "device")
 
 
 def median_seed(report: dict[str, Any]) -> dict[str, Any]:
@@ -476,19 +499,27 @@ def main(argv: list[str] | None = None) -> int:
     figures.mkdir(parents=True, exist_ok=True)
     for task in tasks:
         path = args.out / f"best-vs-best-{task}{suffix}.json"
-        if path.exists():
-            report = json.loads(path.read_text())
+        previous = json.loads(path.read_text()) if path.exists() else None
+        if previous is not None and (args.summarize or len(previous["seeds"]) >= args.seeds):
+            report = previous
             # The summary again from the per-seed records, so a table added since the run still shows.
             report["summary"] = summarize(report["seeds"], [a["label"] for a in report["settings"]["accelerated"]])
-            print(f"{task}: already measured ({path})", file=sys.stderr)
+            print(f"{task}: already measured ({path}, {len(report['seeds'])} seeds)", file=sys.stderr)
         elif args.summarize:
             print(f"{task}: no {path}", file=sys.stderr)
             continue
         else:
+            if previous is not None:
+                print(f"{task}: {len(previous['seeds'])} seeds in {path}; measuring the rest", file=sys.stderr)
+
+            def save(report: dict[str, Any], path: Path = path) -> None:
+                path.write_text(json.dumps(report, indent=1))
+
             report = measure(task, configs[task], args.seeds, baselines=baselines, budget=args.budget,
                              device=args.device, on_progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-                             checkpoint_metrics=args.configs == "scientific")  # fmt: skip
-            path.write_text(json.dumps(report, indent=1))
+                             checkpoint_metrics=args.configs == "scientific", previous=previous,
+                             on_seed=save)  # fmt: skip
+            save(report)
         figure(report, figures / f"best-vs-best-{task}{suffix}.png")
         print(tables(report) + "\n")
     return 0

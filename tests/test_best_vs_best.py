@@ -1,9 +1,11 @@
 """benchmarks/best_vs_best.py on a tiny run: the target and the best baseline follow from the curves."""
 
+import json
 import math
 
 import pytest
 
+from koopsweep.errors import UsageError
 from koopsweep.measure import SMOOTHING_CHECKPOINTS
 
 
@@ -70,3 +72,18 @@ def test_the_scientific_set_reads_the_error_at_the_best_baselines_time(one_threa
     assert bvb.error_at([[0, 0.0, 1.0, 0.5], [10, 1.0, 0.5, 0.2], [20, 2.0, 0.2, 0.1]], 1.5) == 0.2
     assert bvb.error_at([[0, 0.0, 1.0]], 1.5) is None
     assert "error at best's time" in bvb.tables(report)
+
+
+def test_a_larger_seed_count_keeps_the_measured_seeds_and_runs_only_the_rest(one_thread, load_benchmark):
+    bvb = load_benchmark("best_vs_best")
+    acc = [bvb.Accelerated("extrapolate-linear", {"window": 4, "horizon": 10}, "adam")]
+    saved = []
+    first = bvb.measure("digits-mlp", acc, seeds=1, budget=20, baselines=["adam", "sgd"], on_seed=saved.append)
+    assert [len(report["seeds"]) for report in saved] == [1] and first["settings"]["seeds"] == 1
+    previous = json.loads(json.dumps(first))  # as read back from its JSON
+    more = bvb.measure("digits-mlp", acc, seeds=2, budget=20, baselines=["adam", "sgd"], previous=previous)
+    assert more["seeds"][0] == previous["seeds"][0]  # kept, not re-measured
+    assert [s["seed"] for s in more["seeds"]] == [0, 1] and more["settings"]["seeds"] == 2
+    assert more["settings"]["wall_time_s"] > previous["settings"]["wall_time_s"]
+    with pytest.raises(UsageError, match="differs in budget"):
+        bvb.measure("digits-mlp", acc, seeds=2, budget=30, baselines=["adam", "sgd"], previous=previous)
