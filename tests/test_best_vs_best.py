@@ -59,6 +59,10 @@ def test_the_scientific_set_reads_the_error_at_the_best_baselines_time(one_threa
     assert {a.label for a in bvb.SCIENTIFIC_CONFIGS["pinn-burgers"]} >= {
         "default on adam", "default on lbfgs", "default on adam-lbfgs", "extrapolate-linear+adaptive on adam"
     }
+    # Where the L-BFGS family stalls it is neither raced nor jumped around.
+    assert {a.optimizer for a in bvb.SCIENTIFIC_CONFIGS["pinn-allen-cahn"]} == {"adam"}
+    assert bvb.default_baselines("scientific", "pinn-allen-cahn") == ["adam", "adamw", "muon"]
+    assert bvb.default_baselines("scientific", "pinn-burgers") == bvb.SCIENTIFIC_BASELINES
     tiny = {"hidden": 8, "depth": 2, "n_interior": 64, "n_boundary": 16, "n_eval": 50}
     acc = [bvb.Accelerated("dmd-global", {}, "lbfgs")]
     report = bvb.measure("pinn-burgers", acc, seeds=1, budget=20, baselines=["adam", "lbfgs"], task_params=tiny,

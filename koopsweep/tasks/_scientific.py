@@ -92,8 +92,9 @@ class PINNTask(SizedTask):
 def space_time_reference(t: Any, x: Any, u: Any) -> dict[str, torch.Tensor]:
     """``ref_grid`` (every (t, x) pair, t slowest) and ``ref_u`` (``(n, 1)``) as float32 tensors from a
     solution ``u`` of shape ``(len(t), len(x))``."""
-    grid = torch.cartesian_prod(torch.as_tensor(t), torch.as_tensor(x)).float()
-    return {"ref_grid": grid, "ref_u": torch.as_tensor(u).reshape(-1, 1).float()}
+    # torch.tensor copies: the arrays may be read-only views (a cached solution), which as_tensor warns about.
+    grid = torch.cartesian_prod(torch.tensor(t), torch.tensor(x)).float()
+    return {"ref_grid": grid, "ref_u": torch.tensor(u).reshape(-1, 1).float()}
 
 
 def derivative(outputs: torch.Tensor, inputs: torch.Tensor, *, create_graph: bool = True) -> torch.Tensor:
