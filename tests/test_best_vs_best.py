@@ -59,7 +59,7 @@ def test_the_scientific_set_reads_the_error_at_the_best_baselines_time(one_threa
     assert {a.label for a in bvb.SCIENTIFIC_CONFIGS["pinn-burgers"]} >= {
         "default on adam", "default on lbfgs", "default on adam-lbfgs", "extrapolate-linear+adaptive on adam"
     }
-    # Where the L-BFGS family stalls it is neither raced nor jumped around.
+    # Where the L-BFGS family overfits it is neither raced nor jumped around.
     assert {a.optimizer for a in bvb.SCIENTIFIC_CONFIGS["pinn-allen-cahn"]} == {"adam"}
     assert bvb.default_baselines("scientific", "pinn-allen-cahn") == ["adam", "adamw", "muon"]
     assert bvb.default_baselines("scientific", "pinn-burgers") == bvb.SCIENTIFIC_BASELINES

@@ -259,6 +259,7 @@ class NeuralODE(SizedTask):
     # widened (0.01, 0.03 and 1, 3): 0.1 and 0.3 stay best (sgd diverges at 1).
     baseline_lrs: ClassVar[dict[str, float]] = {
         "adam": 1e-2, "adamw": 1e-2, "muon": 1e-3, "adadelta": 0.1, "sgd": 0.3, "adagrad": 0.1,
+        "lbfgs": 1.0, "adam-lbfgs": 3e-4, "soap": 1e-3,
     }  # fmt: skip
     default_optimizer: ClassVar[str] = "adam"
     schedule: ClassVar[str] = "constant"
