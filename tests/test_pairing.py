@@ -53,24 +53,29 @@ def test_the_order_does_not_change_what_a_run_computes(task):
 
 
 class LoadedDigits(plugins.load_task("digits-mlp")):
-    """digits-mlp on a machine where, from ``busy_from`` (a perf_counter time), every step costs 3 ms more."""
+    """digits-mlp on a machine where, after ``busy_after`` training steps (in both runs together), every
+    step costs 10 ms more. Counted in steps, not seconds: on a machine already busy with other work the
+    steps are slower, and a load that starts at a fixed time would land inside the first run too."""
 
-    busy_from = float("inf")
+    busy_after = float("inf")
+    steps = 0
 
     def loss(self, model, batch):
-        if time.perf_counter() >= self.busy_from:
-            time.sleep(0.003)
+        if torch.is_grad_enabled():  # a training step's loss, not an evaluation
+            self.steps += 1
+            if self.steps > self.busy_after:
+                time.sleep(0.01)
         return super().loss(model, batch)
 
 
 @pytest.mark.parametrize("order, shares_the_load", [("interleaved", True), ("baselines-first", False)])
 def test_interleaving_gives_both_sides_the_same_load_and_each_clock_only_its_own_chunks(order, shares_the_load):
-    # Two identical runs; the load arrives once a quarter of the work is done. One after the other, the
+    # Two identical runs; the load arrives once half of the work is done. One after the other, the
     # second pays for all of it; interleaved, both pay alike.
     task = LoadedDigits()
     same = [Side("first", "adam", 3e-3), Side("second", "adam", 3e-3)]
     pairing.warm_up(task, same[0], CPU, Schedule())
-    task.busy_from = time.perf_counter() + 0.25 * 2 * 200 * 0.003  # about a quarter of both runs, loaded
+    task.busy_after = task.steps + 200  # one run's budget
     started = time.perf_counter()
     pair = run_paired(task, same, [], seed=0, device=CPU, budget=200, schedule=Schedule(), eval_every=10, order=order)
     elapsed = time.perf_counter() - started
