@@ -30,8 +30,9 @@ evaluation checkpoints excluded.
 
 One JSON per task goes to ``--out`` (``best-vs-best-TASK.json``), rewritten after every seed; a task
 whose JSON holds ``--seeds`` seeds is not run again (delete it to re-measure), and one that holds fewer
-(a run cut short, or a larger ``--seeds``) keeps them and measures only the missing seeds. Figures (``best-vs-best-TASK.png``: loss against training wall-clock of
-the median seed) go to ``--figures`` (default: ``--out``). ``--summarize`` prints the tables and redraws
+(a run cut short, or a larger ``--seeds``) keeps them and measures only the missing seeds. Figures
+(``best-vs-best-TASK.png``: loss against training wall-clock of the median seed) go to ``--figures``
+(default: ``--out``). ``--summarize`` prints the tables and redraws
 the figures from the JSONs alone.
 """
 
@@ -168,6 +169,8 @@ def default_baselines(config_set: str, task: str) -> list[str]:
     if config_set == "scientific" and task in LBFGS_OVERFITS:
         return [name for name in names if name not in QUASI_NEWTON]
     return list(names)
+
+
 #: The metric read at equal time where a task reports it (`Task.eval_metrics`).
 ERROR_METRIC = "relative_l2_error"
 
@@ -323,6 +326,10 @@ def summarize(seeds: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
     }
 
 
+#: What an earlier report must share with this measurement for its seeds to be kept (`measure`).
+RESUME_KEYS = ("task", "task_params", "budget", "cap_factor", "baselines", "schedule", "accelerated", "device")
+
+
 def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, baselines: list[str] | None = None,
             budget: int | None = None, cap_factor: float = 2.0, device: str = "cpu",
             task_params: dict[str, Any] | None = None, on_progress=None,
@@ -392,9 +399,6 @@ def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, basel
             on_seed(report(per_seed))
     return report(per_seed)
 
-
-# What an earlier report must share with this measurement for its seeds to be kept.
-RESUME_KEYS = ("task", "task_params", "budget", "cap_factor", "baselines", "schedule", "accelerated", "device")
 
 
 def median_seed(report: dict[str, Any]) -> dict[str, Any]:
