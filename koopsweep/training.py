@@ -22,10 +22,6 @@ from koopsweep.optimizers._base import OptimizerPlugin
 from koopsweep.schedules import Schedule
 from koopsweep.tasks._base import Task
 
-#: The check batches' stream is ``task.batches(seed + this)``: a fixed sample of the training data,
-#: in an order unrelated to the training stream's.
-CHECK_STREAM_SEED_OFFSET = 1_000_003
-
 def build_optimizer(
     name: str, params: Any, lr: float, optimizer_params: Mapping[str, Any] | None = None
 ) -> tuple[OptimizerPlugin, torch.optim.Optimizer]:
@@ -203,8 +199,7 @@ class TrainingRun:
         self._next_batch = next(self.batches)  # generators start lazily: set the stream up now
         self.check_batches: list[Any] = []
         if koopman is not None and koopman.check_batches > 0:
-            check_stream = task.batches(seed + CHECK_STREAM_SEED_OFFSET, device)
-            self.check_batches = [next(check_stream) for _ in range(koopman.check_batches)]
+            self.check_batches = task.check_batches(seed, device, koopman.check_batches)
         self.clock = Stopwatch(device)
         self.curve: list[Checkpoint] = []
         self.steps = 0
@@ -289,10 +284,8 @@ class TrainingRun:
         return self.stopped
 
     def _check_loss(self) -> torch.Tensor:
-        """The mean loss on the fixed check batches, at the weights the model holds (the accelerator
-        calls it without gradients)."""
-        total = sum(self.task.loss(self.model, batch) for batch in self.check_batches)
-        return total / len(self.check_batches)
+        """The mean loss on the fixed check batches, at the weights the model holds."""
+        return self.task.check_loss(self.model, self.check_batches)
 
     def _metrics(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.task.eval_metrics(self.model, self.device).items()}

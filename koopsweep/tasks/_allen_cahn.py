@@ -348,9 +348,7 @@ class PINNAllenCahn(PINNTask):
         n_eval = self.knob("n_eval")
         seed = self.params["data_seed"]
         # Separate streams: the evaluation points do not move when the training set changes size.
-        interior, initial, target = collocation_points(
-            self.knob("n_interior"), self.knob("n_initial"), generator(seed, "collocation")
-        )
+        interior, initial, target = self.collocation(generator(seed, "collocation"))
         eval_interior, eval_initial, eval_target = collocation_points(
             n_eval, max(1, n_eval // 5), generator(seed, "evaluation")
         )
@@ -366,6 +364,9 @@ class PINNAllenCahn(PINNTask):
             "eval_target": eval_target,
             **space_time_reference(t, x, u),
         }
+
+    def collocation(self, gen: torch.Generator) -> tuple[torch.Tensor, ...]:  # noqa: D102
+        return collocation_points(self.knob("n_interior"), self.knob("n_initial"), gen)
 
     def build_model(self, seed: int) -> nn.Module:
         knobs = (self.knob("hidden"), self.knob("depth"), self.knob("fourier_modes"))

@@ -16,6 +16,10 @@ import torch
 from koopsweep._params import Configurable
 
 
+#: `Task.check_batches` draws from ``task.batches(seed + this)`` by default.
+CHECK_STREAM_SEED_OFFSET = 1_000_003
+
+
 class Task(Configurable, abc.ABC):
     """Abstract base of training tasks.
 
@@ -67,6 +71,20 @@ class Task(Configurable, abc.ABC):
     def prepare(self, device: torch.device) -> None:
         """Load or generate the data and put it on ``device`` now. Optional: the training loop calls it
         before any clock starts, so that neither side of a comparison pays for loading."""
+
+    def check_batches(self, seed: int, device: torch.device, n: int) -> list[Any]:
+        """``n`` fixed batches that the fallback rule judges jumps on instead of the step's own (the
+        ``check_batches`` knob): by default the first ``n`` of a training stream seeded apart from the
+        run's, a fixed sample of the training data in an order unrelated to the training stream's. A task
+        trained full batch overrides it with data the run does not train on: its own stream is one batch."""
+        stream = self.batches(seed + CHECK_STREAM_SEED_OFFSET, device)
+        return [next(stream) for _ in range(n)]
+
+    def check_loss(self, model: torch.nn.Module, batches: list[Any]) -> torch.Tensor:
+        """The mean loss on ``batches`` (from `check_batches`) at the weights ``model`` holds, as a tensor
+        (no host sync). The accelerator calls it without gradients; a loss that needs autograd inside
+        (a PINN's derivatives) enables it here."""
+        return sum(self.loss(model, batch) for batch in batches) / len(batches)
 
     def checkpoint_interval(self, budget: int) -> int:
         """Gradient steps between evaluation checkpoints for a run of ``budget`` steps."""

@@ -254,9 +254,7 @@ class PINNBurgers(PINNTask):
         n_eval = self.knob("n_eval")
         seed = self.params["data_seed"]
         # Separate streams: the evaluation points do not move when the training set changes size.
-        interior, boundary, target = collocation_points(
-            self.knob("n_interior"), self.knob("n_boundary"), generator(seed, "collocation")
-        )
+        interior, boundary, target = self.collocation(generator(seed, "collocation"))
         eval_interior, eval_boundary, eval_target = collocation_points(
             n_eval, max(4, n_eval // 5), generator(seed, "evaluation")
         )
@@ -272,6 +270,9 @@ class PINNBurgers(PINNTask):
             "eval_target": eval_target,
             **space_time_reference(t, x, u),
         }
+
+    def collocation(self, gen: torch.Generator) -> tuple[torch.Tensor, ...]:  # noqa: D102
+        return collocation_points(self.knob("n_interior"), self.knob("n_boundary"), gen)
 
     def build_model(self, seed: int) -> nn.Module:
         return BurgersNet(self.knob("hidden"), self.knob("depth"), generator(seed, "init"))

@@ -265,15 +265,13 @@ class PINNHelmholtz(PINNTask):
         n_eval = self.knob("n_eval")
         seed = self.params["data_seed"]
         # Separate streams: the evaluation points do not move when the training set changes size.
-        interior, boundary = collocation_points(
-            self.knob("n_interior"), self.knob("n_boundary"), generator(seed, "collocation")
-        )
+        interior, source, boundary = self.collocation(generator(seed, "collocation"))
         eval_interior, eval_boundary = collocation_points(n_eval, max(4, n_eval // 5), generator(seed, "evaluation"))
         # The reference solution is made here too, so that prepare() pays for it before any clock starts.
         grid, u = reference_solution(self.params["a1"], self.params["a2"])
         return {
             "interior": interior,
-            "source": self._source(interior),
+            "source": source,
             "boundary": boundary,
             "eval_interior": eval_interior,
             "eval_source": self._source(eval_interior),
@@ -285,6 +283,10 @@ class PINNHelmholtz(PINNTask):
     def residual_loss(self, u_of, points, q, boundary, *, create_graph=True):  # noqa: D102
         weight = float(self.params["boundary_weight"])
         return physics_loss(u_of, points, q, boundary, self._k(), self._scale(), weight, create_graph=create_graph)
+
+    def collocation(self, gen: torch.Generator) -> tuple[torch.Tensor, ...]:  # noqa: D102
+        interior, boundary = collocation_points(self.knob("n_interior"), self.knob("n_boundary"), gen)
+        return interior, self._source(interior), boundary
 
     def build_model(self, seed: int) -> nn.Module:
         # The domain is [−1, 1]² already: the inputs need no rescaling.

@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from koopsweep._params import require
-from koopsweep.tasks._common import CachedTask, is_int, tensor_batches
+from koopsweep.tasks._common import CachedTask, generator, is_int, tensor_batches
 
 
 class SizedTask(CachedTask):
@@ -47,13 +47,19 @@ class SizedTask(CachedTask):
 class PINNTask(SizedTask):
     """A physics-informed task trained full batch on fixed collocation points.
 
-    ``_make_data`` returns the tensors named in ``batch_keys`` (the residual points first), their
-    evaluation twins ``"eval_" + key``, and ``ref_grid``/``ref_u``, the points and values of the known
-    solution. A subclass writes only `residual_loss`, its equation; training, evaluation at frozen
-    weights and the relative L2 error against the known solution are shared here.
+    ``_make_data`` returns the tensors named in ``batch_keys`` (the residual points first), drawn by
+    `collocation` from the ``"collocation"`` stream of ``data_seed``, their evaluation twins
+    ``"eval_" + key``, and ``ref_grid``/``ref_u``, the points and values of the known solution. A
+    subclass writes `residual_loss`, its equation, and `collocation`, its points; training, evaluation
+    at frozen weights, the check batches and the relative L2 error are shared here.
     """
 
     batch_keys: ClassVar[tuple[str, ...]]
+
+    @abc.abstractmethod
+    def collocation(self, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """A set of training points at the training sizes, drawn from ``gen``: the batch's tensors in the
+        order of ``batch_keys``."""
 
     @abc.abstractmethod
     def residual_loss(
@@ -74,10 +80,25 @@ class PINNTask(SizedTask):
 
     def eval_loss(self, model: nn.Module, device: torch.device) -> float:
         data = self._on(device)
-        interior, *rest = (data["eval_" + key] for key in self.batch_keys)
+        return float(self._frozen_loss(model, tuple(data["eval_" + key] for key in self.batch_keys)))
+
+    def check_batches(self, seed: int, device: torch.device, n: int) -> list[tuple[torch.Tensor, ...]]:
+        """``n`` fresh draws of the training points, each from its own stream of ``data_seed`` (the same for
+        every run seed, like the training points): points the run never trains on, so a jump that fits
+        the collocation points at the expense of the equation between them (the PINN's way to overfit)
+        shows as a higher loss there. The evaluation points stay unseen by every decision."""
+        draws = (self.collocation(generator(self.params["data_seed"], f"check-{i}")) for i in range(n))
+        return [tuple(t.to(device) for t in draw) for draw in draws]
+
+    def check_loss(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        return sum(self._frozen_loss(model, batch) for batch in batches) / len(batches)
+
+    def _frozen_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The physics loss on ``batch`` at frozen weights, detached (no host sync)."""
+        interior, *rest = batch
         with torch.enable_grad():  # frozen weights: autograd reaches the points only
             loss = self.residual_loss(frozen(model), interior.detach().requires_grad_(True), *rest, create_graph=False)
-        return float(loss.detach())
+        return loss.detach()
 
     def eval_metrics(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         return {"relative_l2_error": self.relative_l2_error(model, device)}
