@@ -206,6 +206,11 @@ def segment_starts(n_times: int, segment: int) -> list[int]:
     return starts
 
 
+def as32(array: np.ndarray) -> torch.Tensor:
+    """A float32 tensor copy of ``array`` (which may be a read-only cached solution)."""
+    return torch.tensor(array, dtype=torch.float32)
+
+
 def windows(trajectories: torch.Tensor, segment: int) -> torch.Tensor:
     """``(n, n_times, d)`` trajectories cut into the windows of `segment_starts`: ``(n · k, segment, d)``,
     trajectory-major."""
@@ -310,28 +315,48 @@ class NeuralODE(SizedTask):
         # The exact trajectories (float64, cached per process) are made here, so that prepare() pays for
         # them before any clock starts. Separate streams: the held-out initial conditions do not move
         # when the training set changes size.
-        _, train = reference_trajectories(*key, self.knob("n_train"), p["data_seed"], "train")
+        train, mean, std = self._training_trajectories()
         _, held_out = reference_trajectories(*key, self.knob("n_eval"), p["data_seed"], "evaluation")
-        # Standardise with the training observations' per-component mean and standard deviation: the
-        # network sees and predicts states of order one for either system.
-        mean = train.mean(axis=(0, 1))
-        std = train.std(axis=(0, 1))
-        observed = (train - mean) / std
-        if p["noise"] > 0:
-            gen = generator(p["data_seed"], f"{p['system']}/noise")
-            draw = torch.randn(observed.shape, generator=gen, dtype=torch.float64).numpy()
-            observed = observed + float(p["noise"]) * draw
         clean_eval = (held_out - mean) / std
-        segment = p["segment"]
-        as32 = functools.partial(torch.tensor, dtype=torch.float32)
         return {
-            "segments": windows(as32(observed), segment),
-            "eval_segments": windows(as32(clean_eval), segment),
+            "segments": self._observed_windows(train, f"{p['system']}/noise"),
+            "eval_segments": windows(as32(clean_eval), p["segment"]),
             "eval_start": as32(clean_eval[:, 0]),
             "eval_true": as32(held_out),
             "mean": as32(mean),
             "std": as32(std),
         }
+
+    def _training_trajectories(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The exact training trajectories and their per-component mean and standard deviation, with
+        which every set is standardised: the network sees and predicts states of order one for either
+        system."""
+        p = self.params
+        _, train = reference_trajectories(p["system"], float(p["t_end"]), p["n_times"], self.knob("n_train"),
+                                          p["data_seed"], "train")  # fmt: skip
+        return train, train.mean(axis=(0, 1)), train.std(axis=(0, 1))
+
+    def _observed_windows(self, trajectories: np.ndarray, noise_stream: str) -> torch.Tensor:
+        """``trajectories`` as the training data observes them: standardised, with the task's noise drawn
+        from ``noise_stream`` of ``data_seed``, cut into shooting windows."""
+        p = self.params
+        _, mean, std = self._training_trajectories()
+        observed = (trajectories - mean) / std
+        if p["noise"] > 0:
+            gen = generator(p["data_seed"], noise_stream)
+            draw = torch.randn(observed.shape, generator=gen, dtype=torch.float64).numpy()
+            observed = observed + float(p["noise"]) * draw
+        return windows(as32(observed), p["segment"])
+
+    def check_batches(self, seed: int, device: torch.device, n: int) -> list[torch.Tensor]:
+        """``n`` fresh sets of trajectories, as many as the training set, from initial conditions of their
+        own streams of ``data_seed`` (the same for every run seed), observed as the training data is
+        (its standardisation, noise of their own): trajectories the run never trains on. The evaluation
+        trajectories stay unseen by every decision."""
+        p = self.params
+        key = (p["system"], float(p["t_end"]), p["n_times"], self.knob("n_train"), p["data_seed"])
+        draws = (reference_trajectories(*key, f"check-{i}")[1] for i in range(n))
+        return [self._observed_windows(draw, f"{p['system']}/check-{i}/noise").to(device) for i, draw in enumerate(draws)]
 
     def build_model(self, seed: int) -> nn.Module:
         return VectorField(self.knob("hidden"), self.knob("depth"), generator(seed, "init"))

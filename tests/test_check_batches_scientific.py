@@ -1,9 +1,9 @@
-"""Check batches of the physics-informed tasks: fresh collocation points the run never trains on.
+"""Check batches of the scientific tasks: fresh data the run never trains on.
 
-A PINN trains full batch, so the default check (batches from a training stream seeded apart) would be
-its training points again. These tests hold each PINN's check points apart from its training and
-evaluation points, fixed by ``data_seed`` alone, and its check loss usable where the accelerator calls
-it (without gradients, though the loss differentiates the network by its inputs).
+The PINNs and the neural ODE train full batch, so the default check (batches from a training stream
+seeded apart) would be their training data again. These tests hold each one's check data apart from its
+training and evaluation data, fixed by ``data_seed`` alone, and its check loss usable where the
+accelerator calls it (without gradients, though a PINN's loss differentiates the network by its inputs).
 """
 
 from __future__ import annotations
@@ -16,27 +16,39 @@ import torch
 from koopsweep.tasks._allen_cahn import PINNAllenCahn
 from koopsweep.tasks._burgers import PINNBurgers
 from koopsweep.tasks._helmholtz import PINNHelmholtz
+from koopsweep.tasks._neural_ode import NeuralODE
 from koopsweep.training import KoopmanConfig, TrainingRun
 
 CPU = torch.device("cpu")
 
-#: Each PINN at a size that trains in milliseconds.
+#: Each task at a size that trains in milliseconds.
 TINY: dict[type, dict[str, Any]] = {
     PINNBurgers: {"hidden": 8, "depth": 2, "n_interior": 64, "n_boundary": 16, "n_eval": 50},
     PINNAllenCahn: {"hidden": 8, "depth": 2, "n_interior": 64, "n_initial": 16, "n_eval": 50},
     PINNHelmholtz: {"hidden": 8, "depth": 2, "n_interior": 64, "n_boundary": 16, "n_eval": 50},
+    NeuralODE: {"hidden": 8, "depth": 1, "n_train": 4, "n_eval": 3, "n_times": 10, "t_end": 1.8, "segment": 4},
 }
 
-pinns = pytest.mark.parametrize("cls", list(TINY), ids=lambda cls: cls.__name__)
+tasks = pytest.mark.parametrize("cls", list(TINY), ids=lambda cls: cls.__name__)
 
 
-@pinns
+def tensors(batch: Any) -> tuple[torch.Tensor, ...]:
+    """A batch's tensors: a PINN's tuple of points, or the neural ODE's one tensor of windows."""
+    return batch if isinstance(batch, tuple) else (batch,)
+
+
+def training_and_evaluation(task: Any) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """The training batch's tensors and their evaluation twins."""
+    data = task._data()
+    keys = getattr(task, "batch_keys", ("segments",))
+    return tuple(data[key] for key in keys), tuple(data["eval_" + key] for key in keys)
+
+
+@tasks
 def test_check_points_are_fresh_draws_fixed_by_the_data_seed(cls: type) -> None:
     task = cls(**TINY[cls])
-    data = task._data()
-    train = tuple(data[key] for key in task.batch_keys)
-    evaluation = tuple(data["eval_" + key] for key in task.batch_keys)
-    checks = task.check_batches(seed=3, device=CPU, n=2)
+    train, evaluation = training_and_evaluation(task)
+    checks = [tensors(batch) for batch in task.check_batches(seed=3, device=CPU, n=2)]
     assert len(checks) == 2
     for check in checks:
         # the training batch's shapes, so the check weighs its terms as the training loss does
@@ -44,14 +56,14 @@ def test_check_points_are_fresh_draws_fixed_by_the_data_seed(cls: type) -> None:
         assert not torch.equal(check[0], train[0])
         assert check[0].shape != evaluation[0].shape or not torch.equal(check[0], evaluation[0])
     assert not torch.equal(checks[0][0], checks[1][0])
-    # every run seed judges on the same points, as every run seed trains on the same points
-    again = task.check_batches(seed=11, device=CPU, n=2)
+    # every run seed judges on the same data, as every run seed trains on the same data
+    again = [tensors(batch) for batch in task.check_batches(seed=11, device=CPU, n=2)]
     assert all(torch.equal(a, b) for a, b in zip(checks[1], again[1]))
-    other = cls(**TINY[cls], data_seed=1).check_batches(seed=3, device=CPU, n=1)
-    assert not torch.equal(other[0][0], checks[0][0])
+    other = tensors(cls(**TINY[cls], data_seed=1).check_batches(seed=3, device=CPU, n=1)[0])
+    assert not torch.equal(other[0], checks[0][0])
 
 
-@pinns
+@tasks
 def test_check_loss_works_without_gradients_and_leaves_the_weights_alone(cls: type) -> None:
     task = cls(**TINY[cls])
     model = task.build_model(0)
@@ -60,12 +72,12 @@ def test_check_loss_works_without_gradients_and_leaves_the_weights_alone(cls: ty
         loss = task.check_loss(model, checks)
     assert loss.shape == () and not loss.requires_grad and torch.isfinite(loss)
     assert all(p.grad is None for p in model.parameters())
-    # the mean of the physics loss on each draw, as training computes it there
+    # the mean of the training loss on each draw
     expected = sum(float(task.loss(model, batch).detach()) for batch in checks) / 2
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
-@pinns
+@tasks
 def test_a_run_judges_its_jumps_on_the_check_points(cls: type, one_thread: None) -> None:
     task = cls(**TINY[cls])
     config = KoopmanConfig(variant="dmd-global", window=4, horizon=8, fallback="verify", check_batches=1)
@@ -73,6 +85,6 @@ def test_a_run_judges_its_jumps_on_the_check_points(cls: type, one_thread: None)
     run.advance(40)
     stats = run.stepper.stats
     assert stats.jumps_tried > 0
-    # each attempt evaluates the check loss before and at the jump; the closure is never asked to judge
+    # each attempt evaluates the check loss before and at the jump; the closure never judges
     assert stats.evaluations == 2 * stats.jumps_tried
     assert run.curve[-1].loss < run.curve[0].loss
