@@ -77,8 +77,9 @@ KNOBS: dict[str, Knob] = {
         Knob("coordinates", "raw", "fit the operator on the raw weights, or on Adam's preconditioned coordinates "
              "(each weight times (sqrt(v) + eps) ** 0.5, where Adam is plain momentum descent)",
              choices=("raw", "preconditioned")),  # fmt: skip
-        Knob("check_batches", 0, "judge jumps on this many fixed batches from the task (0: the step's own): "
-             "a sample of the training stream, or a PINN's fresh collocation points", minimum=0),
+        Knob("check_batches", 0, "judge jumps on this many fixed batches from the task (0: the step's own): a "
+             "sample of the training stream, or, on a full-batch scientific task, fresh data it never trains on",
+             minimum=0),
     )
 }
 

@@ -22,6 +22,7 @@ from koopsweep.optimizers._base import OptimizerPlugin
 from koopsweep.schedules import Schedule
 from koopsweep.tasks._base import Task
 
+
 def build_optimizer(
     name: str, params: Any, lr: float, optimizer_params: Mapping[str, Any] | None = None
 ) -> tuple[OptimizerPlugin, torch.optim.Optimizer]:

@@ -356,7 +356,8 @@ class NeuralODE(SizedTask):
         p = self.params
         key = (p["system"], float(p["t_end"]), p["n_times"], self.knob("n_train"), p["data_seed"])
         draws = (reference_trajectories(*key, f"check-{i}")[1] for i in range(n))
-        return [self._observed_windows(draw, f"{p['system']}/check-{i}/noise").to(device) for i, draw in enumerate(draws)]
+        noise_streams = (f"{p['system']}/check-{i}/noise" for i in range(n))
+        return [self._observed_windows(draw, stream).to(device) for draw, stream in zip(draws, noise_streams)]
 
     def build_model(self, seed: int) -> nn.Module:
         return VectorField(self.knob("hidden"), self.knob("depth"), generator(seed, "init"))
