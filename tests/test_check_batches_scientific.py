@@ -88,3 +88,17 @@ def test_a_run_judges_its_jumps_on_the_check_points(cls: type, one_thread: None)
     # each attempt evaluates the check loss before and at the jump; the closure never judges
     assert stats.evaluations == 2 * stats.jumps_tried
     assert run.curve[-1].loss < run.curve[0].loss
+
+
+def test_conformance_catches_a_check_loss_that_needs_gradients() -> None:
+    from koopsweep.tasks import Task
+    from koopsweep.testing import check_task_check_loss
+
+    class PlainCheck(PINNBurgers):
+        """A PINN that judges jumps with the plain training loss, whose input derivatives need autograd."""
+
+        check_loss = Task.check_loss
+
+    check_task_check_loss(PINNBurgers, **TINY[PINNBurgers])
+    with pytest.raises(AssertionError, match="without gradients"):
+        check_task_check_loss(PlainCheck, **TINY[PINNBurgers])

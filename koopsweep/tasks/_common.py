@@ -14,13 +14,14 @@ from __future__ import annotations
 import abc
 import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from koopsweep._params import is_int, is_number, require
 from koopsweep.tasks._base import Task
@@ -42,6 +43,14 @@ def derive_seed(seed: int, purpose: str) -> int:
 def generator(seed: int, purpose: str) -> torch.Generator:
     """A CPU generator seeded from ``(seed, purpose)``."""
     return torch.Generator().manual_seed(derive_seed(seed, purpose))
+
+
+def frozen(model: nn.Module) -> Callable[..., torch.Tensor]:
+    """``model`` as a function of its inputs over detached copies of its weights (no copy of the data):
+    autograd through it reaches the inputs only."""
+    params: dict[str, Any] = {name: value.detach() for name, value in model.named_parameters()}
+    params.update(model.named_buffers())
+    return lambda *inputs: functional_call(model, params, inputs)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,10 +22,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from koopsweep._params import require
-from koopsweep.tasks._common import CachedTask, generator, is_int, is_number, mlp
+from koopsweep.tasks._common import CachedTask, frozen, generator, is_int, is_number, mlp
 
 #: Steps of random times drawn and shipped to the device at once in the stochastic form.
 _CHUNK_STEPS = 256
@@ -168,13 +167,17 @@ class HNNOscillator(CachedTask):
         return residual_loss(model, t)
 
     def eval_loss(self, model: nn.Module, device: torch.device) -> float:
-        t = self._on(device)["eval_grid"].detach().requires_grad_(True)
-        # Detached parameters: autograd runs w.r.t. t only, builds no graph to the weights, touches no .grad.
-        params = {name: value.detach() for name, value in model.named_parameters()}
-        params.update(model.named_buffers())
+        return float(self._frozen_loss(model, self._on(device)["eval_grid"]))
+
+    def check_loss(self, model: nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
+        return sum(self._frozen_loss(model, times) for times in batches) / len(batches)
+
+    def _frozen_loss(self, model: nn.Module, times: torch.Tensor) -> torch.Tensor:
+        """The residual at ``times`` over frozen weights, detached (no host sync): autograd runs w.r.t. the
+        times only, builds no graph to the weights and touches no ``.grad``, with or without grad mode."""
+        t = times.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = residual_loss(lambda times: functional_call(model, params, (times,)), t, create_graph=False)
-        return float(loss.detach())
+            return residual_loss(frozen(model), t, create_graph=False).detach()
 
     def reference(self) -> tuple[np.ndarray, np.ndarray]:
         """The evaluation grid and the exact (RK4) trajectory on it, shape ``(n_eval, 2)``."""

@@ -3,8 +3,8 @@ evaluation at frozen weights, and the relative L2 error every one of them report
 
 A physics-informed loss differentiates the network with respect to its inputs, so training needs
 ``create_graph=True`` (the weights' gradient flows through the derivatives), while evaluation needs the
-input derivatives only: `frozen` gives a callable over detached weights, so an evaluation builds no graph
-to the weights and never touches their ``.grad``.
+input derivatives only: `frozen` (in `_common`, shared with the oscillator) gives a callable over detached
+weights, so an evaluation builds no graph to the weights and never touches their ``.grad``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from koopsweep._params import require
-from koopsweep.tasks._common import CachedTask, generator, is_int, tensor_batches
+from koopsweep.tasks._common import CachedTask, frozen, generator, is_int, tensor_batches
 
 
 class SizedTask(CachedTask):
@@ -126,18 +125,10 @@ def derivative(outputs: torch.Tensor, inputs: torch.Tensor, *, create_graph: boo
     return grad
 
 
-def frozen(model: nn.Module) -> Callable[..., torch.Tensor]:
-    """``model`` as a function of its inputs over detached copies of its weights (no copy of the data):
-    autograd through it reaches the inputs only."""
-    params: dict[str, Any] = {name: value.detach() for name, value in model.named_parameters()}
-    params.update(model.named_buffers())
-    return lambda *inputs: functional_call(model, params, inputs)
-
-
 def relative_l2(prediction: torch.Tensor, reference: torch.Tensor) -> float:
     """||prediction − reference|| / ||reference|| (one host sync: call it at the end of a run)."""
     error = torch.linalg.vector_norm(prediction - reference) / torch.linalg.vector_norm(reference)
     return float(error)
 
 
-__all__ = ["PINNTask", "SizedTask", "derivative", "frozen", "relative_l2", "space_time_reference"]
+__all__ = ["PINNTask", "SizedTask", "derivative", "relative_l2", "space_time_reference"]

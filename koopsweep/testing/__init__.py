@@ -30,6 +30,7 @@ from koopsweep.testing.optimizer_conformance import (
 )
 from koopsweep.testing.task_conformance import (
     check_task,
+    check_task_check_loss,
     check_task_contract,
     check_task_determinism,
     check_task_eval,
@@ -61,6 +62,7 @@ __all__ = [
     "check_optimizer_search_space",
     "check_optimizer_state_dict",
     "check_task",
+    "check_task_check_loss",
     "check_task_contract",
     "check_task_determinism",
     "check_task_eval",

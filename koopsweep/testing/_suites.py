@@ -93,6 +93,9 @@ class TaskConformance:
     def test_eval(self) -> None:
         tc.check_task_eval(self._task(), self.device, **self.task_params)
 
+    def test_check_loss(self) -> None:
+        tc.check_task_check_loss(self._task(), self.device, **self.task_params)
+
 
 class OptimizerConformance:
     """Conformance tests for the `OptimizerPlugin` in ``optimizer_cls``, built with ``params`` on ``device``."""

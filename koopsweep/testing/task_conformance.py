@@ -1,8 +1,9 @@
 """Conformance checks for `Task` plugins (built-in or third-party).
 
 A task must make runs comparable: the same seed gives the same initial weights and the same batches,
-the loss is a finite scalar with a gradient for every parameter, and the evaluation loss is a plain
-float that leaves the model exactly as it found it. Each ``check_task_*`` function raises
+the loss is a finite scalar with a gradient for every parameter, the evaluation loss is a plain
+float that leaves the model exactly as it found it, and the check loss (what jumps are judged by when
+``check_batches`` > 0) works without gradients on fixed check batches. Each ``check_task_*`` function raises
 ``AssertionError`` naming the task, its parameters and what went wrong; `check_task` runs them all::
 
     from koopsweep.testing import check_task
@@ -186,6 +187,44 @@ def _evaluation(task: Any, who: str, device: torch.device) -> None:
     )
 
 
+def check_task_check_loss(cls: type, device: str | torch.device = "cpu", **task_params: Any) -> None:
+    """``check_batches`` gives the same batches on every call, and ``check_loss`` on them, called without
+    gradients as the accelerator calls it (``check_batches`` > 0), is a finite 0-dim tensor that needs no
+    gradient and leaves the parameters and their gradients alone."""
+    _check_loss(_build(cls, task_params), label(cls, task_params), as_device(device))
+
+
+def _check_loss(task: Any, who: str, device: torch.device) -> None:
+    model = _model(task, who, 0, device)
+    draws = []
+    for _ in range(2):
+        try:
+            draws.append(task.check_batches(0, device, 2))
+        except Exception as exc:
+            raise AssertionError(f"{who}.check_batches(0, {device}, 2) raised {type(exc).__name__}: {exc}") from exc
+    assert isinstance(draws[0], list) and len(draws[0]) == 2, (
+        f"{who}.check_batches(0, {device}, 2) returned {draws[0]!r:.80}; return a list of 2 batches"
+    )
+    for a, b in zip(*draws):
+        differ = same_structure(a, b)
+        assert differ is None, f"{who}.check_batches() gave different batches on two calls: {differ}"
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    try:
+        with torch.no_grad():
+            loss = task.check_loss(model, draws[0])
+    except Exception as exc:
+        raise AssertionError(
+            f"{who}.check_loss(model, batches) raised {type(exc).__name__} without gradients: {exc}; a loss that "
+            "needs autograd (input derivatives) must enable it inside check_loss"
+        ) from exc
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0, f"{who}.check_loss() must return a 0-dim tensor"
+    assert not loss.requires_grad, f"{who}.check_loss() returned a tensor that requires grad; detach it"
+    assert bool(torch.isfinite(loss)), f"{who}.check_loss() is {float(loss)} at the initial weights"
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), params[name]), f"{who}.check_loss() changed parameter {name}"
+        assert p.grad is None, f"{who}.check_loss() created a gradient for parameter {name}"
+
+
 def check_task(cls: type, device: str | torch.device = "cpu", **task_params: Any) -> None:
     """Run every task check on ``device`` with ``task_params``; raise ``AssertionError`` at the first failure.
 
@@ -199,3 +238,4 @@ def check_task(cls: type, device: str | torch.device = "cpu", **task_params: Any
     _determinism(task, other_task, who, device)
     _loss_and_gradients(task, who, device)
     _evaluation(task, who, device)
+    _check_loss(task, who, device)
