@@ -400,7 +400,6 @@ def measure(task_name: str, accelerated: list[Accelerated], seeds: int, *, basel
     return report(per_seed)
 
 
-
 def median_seed(report: dict[str, Any]) -> dict[str, Any]:
     """The seed whose speedup is the median one for the configuration with the best median speedup (the
     lower middle one for an even count), so the figure shows a typical seed, not the best."""

@@ -53,6 +53,17 @@ def frozen(model: nn.Module) -> Callable[..., torch.Tensor]:
     return lambda *inputs: functional_call(model, params, inputs)
 
 
+def frozen_loss(
+    loss_of: Callable[..., torch.Tensor], model: nn.Module, points: torch.Tensor, *rest: torch.Tensor
+) -> torch.Tensor:
+    """``loss_of(u, points, *rest, create_graph=False)`` for a loss that differentiates ``u`` by its input
+    ``points``, with ``u`` the model over frozen weights, detached (no host sync): autograd reaches the
+    points only, builds no graph to the weights and touches no ``.grad``, with or without grad mode (an
+    evaluation, or a check the accelerator calls under ``no_grad``)."""
+    with torch.enable_grad():
+        return loss_of(frozen(model), points.detach().requires_grad_(True), *rest, create_graph=False).detach()
+
+
 # --------------------------------------------------------------------------------------------------
 # Models
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from koopsweep._params import require
-from koopsweep.tasks._common import CachedTask, frozen, generator, is_int, is_number, mlp
+from koopsweep.tasks._common import CachedTask, frozen_loss, generator, is_int, is_number, mlp
 
 #: Steps of random times drawn and shipped to the device at once in the stochastic form.
 _CHUNK_STEPS = 256
@@ -167,17 +167,10 @@ class HNNOscillator(CachedTask):
         return residual_loss(model, t)
 
     def eval_loss(self, model: nn.Module, device: torch.device) -> float:
-        return float(self._frozen_loss(model, self._on(device)["eval_grid"]))
+        return float(frozen_loss(residual_loss, model, self._on(device)["eval_grid"]))
 
     def check_loss(self, model: nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
-        return sum(self._frozen_loss(model, times) for times in batches) / len(batches)
-
-    def _frozen_loss(self, model: nn.Module, times: torch.Tensor) -> torch.Tensor:
-        """The residual at ``times`` over frozen weights, detached (no host sync): autograd runs w.r.t. the
-        times only, builds no graph to the weights and touches no ``.grad``, with or without grad mode."""
-        t = times.detach().requires_grad_(True)
-        with torch.enable_grad():
-            return residual_loss(frozen(model), t, create_graph=False).detach()
+        return sum(frozen_loss(residual_loss, model, times) for times in batches) / len(batches)
 
     def reference(self) -> tuple[np.ndarray, np.ndarray]:
         """The evaluation grid and the exact (RK4) trajectory on it, shape ``(n_eval, 2)``."""

@@ -3,7 +3,7 @@ evaluation at frozen weights, and the relative L2 error every one of them report
 
 A physics-informed loss differentiates the network with respect to its inputs, so training needs
 ``create_graph=True`` (the weights' gradient flows through the derivatives), while evaluation needs the
-input derivatives only: `frozen` (in `_common`, shared with the oscillator) gives a callable over detached
+input derivatives only: `frozen_loss` (in `_common`, shared with the oscillator) runs it over detached
 weights, so an evaluation builds no graph to the weights and never touches their ``.grad``.
 """
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from koopsweep._params import require
-from koopsweep.tasks._common import CachedTask, frozen, generator, is_int, tensor_batches
+from koopsweep.tasks._common import CachedTask, frozen_loss, generator, is_int, tensor_batches
 
 
 class SizedTask(CachedTask):
@@ -79,7 +79,7 @@ class PINNTask(SizedTask):
 
     def eval_loss(self, model: nn.Module, device: torch.device) -> float:
         data = self._on(device)
-        return float(self._frozen_loss(model, tuple(data["eval_" + key] for key in self.batch_keys)))
+        return float(frozen_loss(self.residual_loss, model, *(data["eval_" + key] for key in self.batch_keys)))
 
     def check_batches(self, seed: int, device: torch.device, n: int) -> list[tuple[torch.Tensor, ...]]:
         """``n`` fresh draws of the training points, each from its own stream of ``data_seed`` (the same for
@@ -90,14 +90,7 @@ class PINNTask(SizedTask):
         return [tuple(t.to(device) for t in draw) for draw in draws]
 
     def check_loss(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
-        return sum(self._frozen_loss(model, batch) for batch in batches) / len(batches)
-
-    def _frozen_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The physics loss on ``batch`` at frozen weights, detached (no host sync)."""
-        interior, *rest = batch
-        with torch.enable_grad():  # frozen weights: autograd reaches the points only
-            loss = self.residual_loss(frozen(model), interior.detach().requires_grad_(True), *rest, create_graph=False)
-        return loss.detach()
+        return sum(frozen_loss(self.residual_loss, model, *batch) for batch in batches) / len(batches)
 
     def eval_metrics(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         return {"relative_l2_error": self.relative_l2_error(model, device)}
